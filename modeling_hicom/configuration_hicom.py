@@ -1,0 +1,118 @@
+"""Configuration of HICom (CVPR 2025, arXiv 2503.16036).
+
+The authors' release encodes the compressor in one string (``mm_projector_type``) plus ``use_guide``; that
+string has a parsing quirk (see ``conversion/``). Here every compressor choice is an explicit, validated
+field, so a config reads as what the model computes.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2Config, SiglipTextConfig, SiglipVisionConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+INJECTION_MODES = ("direct", "coarse", "off")
+NEWLINE_POSITIONS = ("none",)
+_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
+
+
+@strict
+class HicomConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`HicomForConditionalGeneration`]: a SigLIP vision tower, a SigLIP text tower that encodes the
+    user's instruction, the hybrid-level instruction-conditioned compressor, and a Qwen2 language model.
+
+    Args:
+        vision_config (`SiglipVisionConfig` or `dict`): the vision tower (its attention-pooling head is required:
+            its MLP maps patches into the joint text-image space used as compression keys).
+        instruct_config (`SiglipTextConfig` or `dict`): the instruction encoder (named so because
+            `get_text_config()` must find the language model's config alone).
+        text_config (`Qwen2Config` or `dict`): the language model.
+        vision_feature_layer (`int`, defaults to -2): hidden state of the vision tower used as compression values.
+        local_temporal_kernel / local_spatial_kernel (`int`, defaults to 4 / 3): size of the local windows.
+        local_injection / global_injection (`str`): how the instruction enters each level's queries:
+            `"direct"` (the query is the instruction embedding), `"coarse"` (FiLM modulation of the
+            unconditional query) or `"off"` (unconditional compression).
+        num_global_queries (`int`, defaults to 32): global tokens per video; 0 disables the global level.
+        adapt_key / adapt_value / adapt_query / adapt_guide (`bool`): add a gated residual adapter
+            `(1 - a) * x + a * LN(MLP(x))` on the keys, values, unconditional queries or instruction embedding.
+        newline_position (`str`, defaults to `"none"`): separator tokens between frames; the release uses none.
+        projector_hidden_act (`str`, defaults to `"gelu"`): activation of the compressor MLPs.
+        video_token_id / image_token_id (`int`): placeholder ids that the compressed tokens replace.
+        instruct_max_length (`int`, defaults to 64): instruction length (padded to it: SigLIP pools the last position).
+        vision_batch_size (`int`, defaults to 16): frames encoded at once; bounds peak memory on long videos.
+    """
+
+    model_type = "hicom"
+    # Defaults are the released model: SigLIP so400m-patch14-384 (both towers) + Qwen2.5-7B-Instruct.
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=SiglipVisionConfig, init_kwargs=dict(_SO400M, image_size=384, patch_size=14)),
+        "instruct_config": SubConfigSpec(
+            config_class=SiglipTextConfig,
+            init_kwargs=dict(_SO400M, vocab_size=32000, max_position_embeddings=64, pad_token_id=1, bos_token_id=None, eos_token_id=1),
+        ),
+        "text_config": SubConfigSpec(
+            config_class=Qwen2Config,
+            init_kwargs={
+                "vocab_size": 152064,
+                "hidden_size": 3584,
+                "intermediate_size": 18944,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "max_position_embeddings": 32768,
+                "rms_norm_eps": 1e-6,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+                "bos_token_id": 151643,
+                "eos_token_id": 151645,
+                "tie_word_embeddings": False,
+            },
+        ),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    instruct_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_feature_layer: int = -2
+    local_temporal_kernel: int = 4
+    local_spatial_kernel: int = 3
+    local_injection: str = "direct"
+    global_injection: str = "direct"
+    num_global_queries: int = 32
+    adapt_key: bool = False
+    adapt_value: bool = False
+    adapt_query: bool = False
+    adapt_guide: bool = False
+    newline_position: str = "none"
+    projector_hidden_act: str = "gelu"
+    video_token_id: int = 151665
+    image_token_id: int = 151666
+    instruct_max_length: int = 64
+    vision_batch_size: int = 16
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for name in ("local_injection", "global_injection"):
+            if getattr(self, name) not in INJECTION_MODES:
+                raise ValueError(f"`{name}` must be one of {INJECTION_MODES}, got {getattr(self, name)!r}.")
+        if self.newline_position not in NEWLINE_POSITIONS:
+            raise ValueError(f"`newline_position` must be one of {NEWLINE_POSITIONS}, got {self.newline_position!r}.")
+        for name in ("local_temporal_kernel", "local_spatial_kernel", "instruct_max_length", "vision_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.num_global_queries < 0:
+            raise ValueError(f"`num_global_queries` must be >= 0, got {self.num_global_queries}.")
+        if self.vision_config.hidden_size % self.num_global_heads:
+            raise ValueError(
+                f"The global level uses `hidden_size // 128` heads; vision hidden_size {self.vision_config.hidden_size} "
+                f"is not divisible by {self.num_global_heads}."
+            )
+        if not getattr(self.vision_config, "vision_use_head", True):
+            raise ValueError("HICom needs the SigLIP vision head (`vision_config.vision_use_head=True`).")
+
+    @property
+    def num_global_heads(self) -> int:
+        """The reference uses `hidden_size // 128` heads (9 for so400m); tiny test models get at least one."""
+        return max(1, self.vision_config.hidden_size // 128)
+
+
+__all__ = ["HicomConfig"]
