@@ -1,0 +1,1 @@
+"""Conversion of original HICom releases into transformers remote-code folders."""

@@ -1,0 +1,288 @@
+"""Convert an original HICom release (github lntzm/HICom, transformers 4.46) into a transformers remote-code folder.
+
+    hicom-convert --input HICom_7B_qwen25_directg_local43_global32 \
+        --vision-tower siglip-so400m-patch14-384 --output hicom-7b-hf
+
+The original encodes the compressor in `mm_projector_type` + `use_guide`; this script reproduces that parser
+exactly (including its quirk, see `parse_projector_type`) and writes explicit `HicomConfig` fields. Every weight
+is renamed by one regex table; a tensor no rule maps, or a model tensor left unfilled, stops the conversion.
+"""
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, Qwen2Config, SiglipTextConfig, SiglipVisionConfig
+from transformers.utils import logging
+
+from modeling_hicom import HicomConfig, HicomForConditionalGeneration
+from modeling_hicom.remote_code import save_remote_code
+
+logger = logging.get_logger("hicom-convert")
+
+# Original key -> converted key. Applied in order; the first match wins.
+KEY_RULES = [
+    (r"^model\.vision_tower\.vision_tower\.vision_model\.(.+)$", r"model.vision_tower.\1"),
+    (r"^model\.vision_tower\.guide_encoder\.text_model\.(.+)$", r"model.instruct_encoder.\1"),
+    (r"^model\.mm_projector\.(local|global)_compressor\.readout\.0\.(weight|bias)$", r"model.compressor.\1_level.readout.linear_1.\2"),
+    (r"^model\.mm_projector\.(local|global)_compressor\.readout\.2\.(weight|bias)$", r"model.compressor.\1_level.readout.linear_2.\2"),
+    (r"^model\.mm_projector\.global_compressor\.attn_layer\.(q|k|v|out)_proj\.(weight|bias)$", r"model.compressor.global_level.attn.\1_proj.\2"),
+    (r"^model\.mm_projector\.global_compressor\.query$", r"model.compressor.global_level.query"),
+    (r"^model\.(embed_tokens|layers|norm)\.(.+)$", r"model.language_model.\1.\2"),
+    (r"^lm_head\.weight$", r"lm_head.weight"),
+]
+_COMPILED_RULES = [(re.compile(pattern), target) for pattern, target in KEY_RULES]
+
+# Original config fields this converter understands, with the only values it can convert faithfully.
+SUPPORTED_SETTINGS = {
+    "mm_vision_select_feature": ("patch",),
+    "mm_newline_position": ("no_token",),
+    "image_aspect_ratio": ("pad",),
+    "use_clip_scale": ("", None, False),
+}
+QWEN2_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "attention_dropout",
+    "sliding_window", "use_sliding_window", "max_window_layers", "tie_word_embeddings", "initializer_range",
+    "bos_token_id", "eos_token_id",
+)
+GUIDE_MODES = ("direct", "coarse", "fine")
+VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
+
+
+class ConversionError(ValueError):
+    """The checkpoint cannot be converted faithfully; the message says why."""
+
+
+def rename_key(key: str) -> str | None:
+    for pattern, target in _COMPILED_RULES:
+        if pattern.match(key):
+            return pattern.sub(target, key)
+    return None
+
+
+def _level_mode(part: str, use_guide) -> str:
+    """The reference: a level uses `guide<mode>` if its part of the projector string names one, else `use_guide`."""
+    for mode in GUIDE_MODES:
+        if f"guide{mode}" in part:
+            return mode
+    if use_guide in (None, "", "none", False):
+        return "off"
+    if use_guide not in GUIDE_MODES:
+        raise ConversionError(f"Unknown `use_guide` value {use_guide!r}; expected one of {GUIDE_MODES} or empty.")
+    return use_guide
+
+
+def parse_projector_type(projector_type: str, use_guide) -> dict:
+    """Explicit compressor settings from the original `mm_projector_type` and `use_guide`.
+
+    The string is split into one part per level (`local<kt><ks>...`, `global<Nq>...`). Words in a part that are not
+    `guide<mode>` do not select a mode: the released `local43_global32_coarse` with `use_guide: direct` is therefore
+    direct at *both* levels, its 32 global tokens identical. Reproduced on purpose: it is what the weights were trained
+    with.
+    """
+    match = re.fullmatch(r"local(\d)(\d)(?P<local>(?:_[a-z]+)*)(?:_global(?P<nq>\d+)(?P<global>(?:_[a-z]+)*))?", projector_type)
+    if match is None:
+        raise ConversionError(
+            f"Unsupported `mm_projector_type` {projector_type!r}: expected `local<kt><ks>[_global<N>][_words]` "
+            "as in the HICom release."
+        )
+    for word in re.findall(r"[a-z]+", (match["local"] or "") + (match["global"] or "")):
+        if word not in ("coarse", "direct", "fine") and not word.startswith("guide"):
+            raise ConversionError(f"Unsupported word {word!r} in `mm_projector_type` {projector_type!r}.")
+    settings = {
+        "local_temporal_kernel": int(match[1]),
+        "local_spatial_kernel": int(match[2]),
+        "num_global_queries": int(match["nq"] or 0),
+        "local_injection": _level_mode(match["local"] or "", use_guide),
+        "global_injection": _level_mode(match["global"] or "", use_guide) if match["nq"] else "off",
+    }
+    for level in ("local_injection", "global_injection"):
+        if settings[level] in ("coarse", "fine"):
+            raise ConversionError(
+                f"`{projector_type}` with use_guide={use_guide!r} gives {level}={settings[level]!r}: the original "
+                "weight layout of that injection is not known to this converter, so it cannot be converted faithfully."
+            )
+    return settings
+
+
+def build_config(original: dict, siglip: dict, video_token_id: int, image_token_id: int) -> HicomConfig:
+    """Map the original `config.json` and the SigLIP folder's config onto `HicomConfig`."""
+    if original.get("model_type") != "hicom_qwen2":
+        raise ConversionError(f"Expected an original HICom Qwen2 config (`model_type: hicom_qwen2`), got {original.get('model_type')!r}.")
+    for field, allowed in SUPPORTED_SETTINGS.items():
+        if original.get(field, allowed[0]) not in allowed:
+            raise ConversionError(f"Unsupported `{field}`={original[field]!r}; this converter handles {allowed}.")
+    text = {k: original[k] for k in QWEN2_FIELDS if k in original}
+    instruct = dict(siglip["text_config"])
+    # SigLIP configs inherit CLIP's bos/eos ids (49406/49407), outside SigLIP's sentencepiece vocabulary.
+    vocab = instruct.get("vocab_size", 32000)
+    for name, fallback in (("bos_token_id", None), ("eos_token_id", instruct.get("pad_token_id", 1))):
+        if instruct.get(name, vocab) is None or instruct.get(name, vocab) >= vocab:
+            instruct[name] = fallback
+    for token_id in (video_token_id, image_token_id):
+        if token_id >= text["vocab_size"]:
+            raise ConversionError(f"Placeholder token id {token_id} does not fit the vocabulary ({text['vocab_size']}).")
+    return HicomConfig(
+        vision_config=SiglipVisionConfig(**{k: v for k, v in siglip["vision_config"].items() if k != "model_type"}),
+        instruct_config=SiglipTextConfig(**{k: v for k, v in instruct.items() if k != "model_type"}),
+        text_config=Qwen2Config(**text),
+        vision_feature_layer=original.get("mm_vision_select_layer", -2),
+        newline_position="none",
+        video_token_id=video_token_id,
+        image_token_id=image_token_id,
+        tie_word_embeddings=original.get("tie_word_embeddings", False),
+        **parse_projector_type(original["mm_projector_type"], original.get("use_guide")),
+    )
+
+
+def iter_checkpoint(folder: Path):
+    """Yield `(key, tensor)` of an original checkpoint: safetensors (single or sharded), or `.bin` weights-only."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        bins = sorted(folder.glob("pytorch_model*.bin"))
+        if not bins:
+            raise ConversionError(f"No model.safetensors(.index.json) or pytorch_model*.bin in {folder}.")
+        for path in bins:
+            # Pickle files can run code when loaded: only plain tensors are accepted.
+            yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
+        return
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            raise ConversionError(f"The checkpoint index lists {name}, which is missing from {folder}.")
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                yield key, handle.get_tensor(key)
+
+
+def count_tensors(folder: Path) -> int | None:
+    """Number of tensors, for the progress bar (unknown for pickle checkpoints without loading them)."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return len(json.loads(index.read_text())["weight_map"])
+    if (folder / "model.safetensors").exists():
+        with safe_open(folder / "model.safetensors", framework="pt") as handle:
+            return len(handle.keys())
+    return None
+
+
+def convert_state_dict(tensors, expected: dict, dtype: torch.dtype | None, total: int | None = None) -> dict:
+    """Rename and check every tensor against the model's `expected` `{key: shape}`; refuse any gap or surplus."""
+    state_dict, unmapped = {}, []
+    for key, tensor in tqdm(tensors, total=total, desc="Converting tensors", unit="tensor"):
+        new_key = rename_key(key)
+        if new_key is None or new_key not in expected:
+            unmapped.append(key)
+            continue
+        if tuple(tensor.shape) != tuple(expected[new_key]):
+            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[new_key])} for {new_key}.")
+        state_dict[new_key] = tensor.to(dtype) if dtype is not None else tensor
+    missing = sorted(set(expected) - set(state_dict))
+    if unmapped or missing:
+        raise ConversionError(
+            "The checkpoint does not match the HICom layout; nothing was written.\n"
+            + (f"Tensors no rule maps ({len(unmapped)}): {', '.join(unmapped)}\n" if unmapped else "")
+            + (f"Model tensors the checkpoint does not fill ({len(missing)}): {', '.join(missing)}" if missing else "")
+        )
+    return state_dict
+
+
+def build_processor(input_dir: Path, vision_tower: Path, config: HicomConfig, original: dict):
+    from processing_hicom import HicomProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(input_dir)
+    return HicomProcessor.from_components(
+        tokenizer=tokenizer,
+        instruct_tokenizer_path=vision_tower,
+        config=config,
+        num_frames=original.get("num_frames", 32),
+    )
+
+
+def verify_reference(output: Path, reference: Path, atol: float = 1e-4) -> float:
+    """Reload the written folder as remote code and compare its logits with the reference run's."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    data = load_file(reference)
+    model = AutoModelForImageTextToText.from_pretrained(output, trust_remote_code=True, dtype=torch.float32).eval()
+    n_tokens = data["expected_visual_tokens"].shape[0]
+    input_ids = torch.cat(
+        [data["text_before_ids"], torch.full((n_tokens,), model.config.video_token_id), data["text_after_ids"]]
+    )[None]
+    with torch.no_grad():
+        logits = model(
+            input_ids=input_ids,
+            pixel_values_videos=data["pixel_values"].float(),
+            instruct_input_ids=data["guide_input_ids"],
+            instruct_attention_mask=data["guide_attention_mask"],
+        ).logits[0]
+    error = (logits - data["expected_logits"]).abs().max().item()
+    if error > atol:
+        raise ConversionError(f"Converted logits differ from the reference by {error:.3g} (> {atol}).")
+    return error
+
+
+def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to_hub=None, max_shard_size="5GB"):
+    input_dir, vision_tower, output = Path(input_dir), Path(vision_tower), Path(output)
+    original = json.loads((input_dir / "config.json").read_text())
+    siglip = json.loads((vision_tower / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(input_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, IMAGE_TOKEN]})
+    config = build_config(
+        original, siglip, tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    )
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    with torch.device("meta"):
+        model = HicomForConditionalGeneration(config)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    state_dict = convert_state_dict(
+        iter_checkpoint(input_dir), expected, torch_dtype, total=count_tensors(input_dir)
+    )
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.config.dtype = next(iter(state_dict.values())).dtype
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output, max_shard_size=max_shard_size)
+    build_processor(input_dir, vision_tower, config, original).save_pretrained(output)
+    save_remote_code(output)
+    if (input_dir / "generation_config.json").exists():
+        shutil.copy(input_dir / "generation_config.json", output / "generation_config.json")
+    logger.warning(f"Wrote {output}")
+    if reference is not None:
+        error = verify_reference(output, Path(reference))
+        logger.warning(f"Reference logits reproduced: max abs error {error:.2e}")
+    if push_to_hub:
+        from huggingface_hub import upload_folder
+
+        upload_folder(repo_id=push_to_hub, folder_path=str(output), repo_type="model")
+    return output
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="original HICom checkpoint folder")
+    parser.add_argument("--vision-tower", required=True, help="SigLIP folder (config, tokenizer, preprocessor config)")
+    parser.add_argument("--output", required=True, help="folder to write the converted model to")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: keep the checkpoint's")
+    parser.add_argument("--reference", help="reference_io.safetensors to verify the converted logits against")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository")
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.input, args.vision_tower, args.output, args.dtype, args.reference, args.push_to_hub, args.max_shard_size)
+    except ConversionError as error:
+        parser.exit(2, f"hicom-convert: error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

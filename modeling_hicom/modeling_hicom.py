@@ -1,0 +1,445 @@
+"""HICom for transformers: SigLIP vision tower + SigLIP instruction encoder + hybrid-level compressor + Qwen2.
+
+Each video's frames are encoded by SigLIP, compressed *conditioned on the user's instruction* into
+`ceil(T/4)*ceil(27/3)^2 + 32` tokens (680 for 32 frames, against 23,328 raw patches), and those tokens replace the
+video placeholder tokens in the language model's input. See DESIGN.md for the exact computation.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel, SiglipTextModel, SiglipVisionModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils import logging
+
+from .compressor_hicom import HicomAdapter, HicomCompressor, HicomGlobalCompressor
+from .configuration_hicom import HicomConfig
+
+logger = logging.get_logger(__name__)
+
+# Inputs that describe the visual content: consumed on the prefill step only.
+_PREFILL_ONLY_INPUTS = (
+    "pixel_values",
+    "pixel_values_videos",
+    "video_num_frames",
+    "instruct_input_ids",
+    "instruct_attention_mask",
+    "image_instruct_input_ids",
+    "image_instruct_attention_mask",
+)
+
+
+@dataclass
+class HicomVideoFeaturesOutput(ModelOutput):
+    """
+    Output of [`HicomModel.get_video_features`].
+
+    Args:
+        pooler_output (`tuple(torch.FloatTensor)`): one `(num_tokens_i, text_hidden_size)` tensor per video: its local
+            tokens in `(t, h, w)` order, then its global tokens.
+        grid_shapes (`tuple(tuple(int))`): `(T, H, W)` patch grid of each video.
+        local_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): per video,
+            `(T', H', W', window)` softmax weights of every local cell over the patches of its window (their flat
+            positions are `window_index(T, H, W, kt, ks)`).
+        global_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): per video,
+            `(heads, num_global_queries, T*H*W)` weights of the global queries over all patches.
+    """
+
+    pooler_output: tuple[torch.FloatTensor, ...] | None = None
+    grid_shapes: tuple[tuple[int, int, int], ...] | None = None
+    local_attentions: tuple[torch.FloatTensor, ...] | None = None
+    global_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HicomModelOutputWithPast(BaseModelOutputWithPast):
+    """
+    [`HicomModel`] outputs: the language model's, plus the compressed tokens that were fed to it.
+
+    Args:
+        video_hidden_states (`torch.FloatTensor`, *optional*): `(total_video_tokens, text_hidden_size)`.
+        image_hidden_states (`torch.FloatTensor`, *optional*): `(total_image_tokens, text_hidden_size)`.
+    """
+
+    video_hidden_states: torch.FloatTensor | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class HicomCausalLMOutputWithPast(ModelOutput):
+    """
+    [`HicomForConditionalGeneration`] outputs.
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*, with `labels`): next-token prediction loss.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
+        past_key_values (`Cache`, *optional*): the language model's cache.
+        hidden_states, attentions: the language model's, when asked for.
+        video_hidden_states, image_hidden_states: the compressed tokens fed to the language model.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    video_hidden_states: torch.FloatTensor | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class HicomPreTrainedModel(PreTrainedModel):
+    config_class = HicomConfig
+    config: HicomConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    # Layers that device_map="auto" must keep whole; the compressor reads whole clips, so it stays in one piece.
+    _no_split_modules = [
+        "Qwen2DecoderLayer",
+        "SiglipEncoderLayer",
+        "SiglipVisionEmbeddings",
+        "SiglipTextEmbeddings",
+        "SiglipMultiheadAttentionPoolingHead",
+        "HicomCompressor",
+    ]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, HicomGlobalCompressor):
+            module.query.normal_(mean=0.0, std=self.config.vision_config.hidden_size**-0.5)
+        elif isinstance(module, HicomAdapter):
+            module.gate.zero_()
+
+
+class HicomModel(HicomPreTrainedModel):
+    """Encoders, compressor and the bare Qwen2 language model (no LM head)."""
+
+    def __init__(self, config: HicomConfig):
+        super().__init__(config)
+        self.vision_tower = SiglipVisionModel(config.vision_config)
+        self.instruct_encoder = SiglipTextModel(config.instruct_config)
+        self.compressor = HicomCompressor(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def encode_frames(self, pixel_values: torch.Tensor, vision_batch_size: int | None = None):
+        """SigLIP features (values) and joint-space patch embeddings (keys), each `(num_frames, H, W, D)`.
+
+        Frames are encoded `vision_batch_size` at a time, so peak memory holds one chunk's activations rather than
+        every frame's. The attention-pooling head is skipped: only its residual MLP is applied, to every patch.
+        """
+        tower = self.vision_tower
+        layers = tower.encoder.layers
+        layer = self.config.vision_feature_layer
+        feature_index = layer if layer >= 0 else len(layers) + 1 + layer
+        if not 0 <= feature_index <= len(layers):
+            raise ValueError(f"`vision_feature_layer` {layer} is out of range for a {len(layers)}-layer vision tower.")
+        chunk = vision_batch_size or self.config.vision_batch_size
+        features, patch_embeds = [], []
+        for frames in pixel_values.split(chunk):
+            hidden = tower.embeddings(frames.to(tower.embeddings.patch_embedding.weight.dtype))
+            selected = hidden if feature_index == 0 else None
+            for index, encoder_layer in enumerate(layers, start=1):
+                hidden = encoder_layer(hidden, None)
+                if index == feature_index:
+                    selected = hidden
+            last = tower.post_layernorm(hidden)
+            features.append(selected)
+            patch_embeds.append(last + tower.head.mlp(tower.head.layernorm(last)))
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        return tuple(torch.cat(x).unflatten(1, (side, side)) for x in (features, patch_embeds))
+
+    def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
+        """SigLIP text `pooler_output` `(num_videos, guide_dim)`: the head of the last (padded) position."""
+        return self.instruct_encoder(input_ids=instruct_input_ids, attention_mask=instruct_attention_mask).pooler_output
+
+    def _check_visual_inputs(self, pixel_values, num_frames, instruct_input_ids, name):
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        size = self.config.vision_config.image_size
+        if pixel_values.ndim == 5:
+            if num_frames is None:
+                num_frames = torch.full((pixel_values.shape[0],), pixel_values.shape[1], dtype=torch.long)
+            pixel_values = pixel_values.flatten(0, 1)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"`{name}` must have shape (total_frames, 3, {size}, {size}) (frames of all videos concatenated), "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating point tensor, got {pixel_values.dtype}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        if num_frames is None:
+            num_frames = [pixel_values.shape[0]]
+        num_frames = [int(n) for n in torch.as_tensor(num_frames).reshape(-1).tolist()]
+        if any(n < 1 for n in num_frames) or sum(num_frames) != pixel_values.shape[0]:
+            raise ValueError(
+                f"`video_num_frames` {num_frames} must be positive and sum to the {pixel_values.shape[0]} frames "
+                f"of `{name}`."
+            )
+        if self.compressor.needs_guide:
+            if instruct_input_ids is None:
+                raise ValueError(
+                    "This model compresses visual tokens conditioned on the instruction: pass `instruct_input_ids` "
+                    "and `instruct_attention_mask` (HicomProcessor returns them)."
+                )
+            if instruct_input_ids.ndim != 2 or instruct_input_ids.shape[0] != len(num_frames):
+                raise ValueError(
+                    f"`instruct_input_ids` must have shape ({len(num_frames)}, length): one instruction per video; got "
+                    f"{tuple(instruct_input_ids.shape)}."
+                )
+        return pixel_values, num_frames
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.FloatTensor,
+        video_num_frames: torch.LongTensor | None = None,
+        instruct_input_ids: torch.LongTensor | None = None,
+        instruct_attention_mask: torch.LongTensor | None = None,
+        vision_batch_size: int | None = None,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+    ) -> HicomVideoFeaturesOutput | tuple:
+        """Compressed tokens of every video.
+
+        Args:
+            pixel_values_videos: `(sum_i T_i, 3, S, S)`, the frames of all videos concatenated (or `(B, T, 3, S, S)`).
+            video_num_frames: `(num_videos,)` frames per video; defaults to one video of all frames.
+            instruct_input_ids / instruct_attention_mask: `(num_videos, instruct_max_length)` instruction tokens.
+            vision_batch_size: frames encoded at once (defaults to `config.vision_batch_size`); results do not
+                depend on it.
+            output_attentions: also return the compressor's attention weights (see [`HicomVideoFeaturesOutput`]).
+        """
+        pixel_values, num_frames = self._check_visual_inputs(
+            pixel_values_videos, video_num_frames, instruct_input_ids, "pixel_values_videos"
+        )
+        features, patch_embeds = self.encode_frames(pixel_values, vision_batch_size)
+        guides = [None] * len(num_frames)
+        if self.compressor.needs_guide:
+            guides = self.encode_instructions(instruct_input_ids.to(features.device), instruct_attention_mask)
+        tokens, local_attn, global_attn = [], [], []
+        for video_features, video_embeds, guide in zip(
+            features.split(num_frames), patch_embeds.split(num_frames), guides
+        ):
+            out = self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
+            tokens.append(out[0])
+            local_attn.append(out[1])
+            global_attn.append(out[2])
+        output = HicomVideoFeaturesOutput(
+            pooler_output=tuple(tokens),
+            grid_shapes=tuple((n, *features.shape[1:3]) for n in num_frames),
+            local_attentions=tuple(local_attn) if output_attentions else None,
+            global_attentions=tuple(global_attn) if output_attentions and self.compressor.global_level else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        image_instruct_input_ids: torch.LongTensor | None = None,
+        image_instruct_attention_mask: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> HicomVideoFeaturesOutput | tuple:
+        """Compressed tokens of images `(num_images, 3, S, S)`: each image is a one-frame video."""
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
+            pixel_values = pixel_values[None]
+        num_frames = torch.ones(pixel_values.shape[0], dtype=torch.long) if isinstance(pixel_values, torch.Tensor) else None
+        return self.get_video_features(
+            pixel_values, num_frames, image_instruct_input_ids, image_instruct_attention_mask, **kwargs
+        )
+
+    def _scatter_visual_tokens(self, input_ids, inputs_embeds, tokens, token_id, kind):
+        """Put `tokens` at the positions of the `kind` placeholder, after checking the counts match exactly."""
+        if input_ids is None:
+            mask = (inputs_embeds == self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device)))
+            mask = mask.all(-1)
+        else:
+            mask = input_ids == token_id
+        if int(mask.sum()) != tokens.shape[0]:
+            raise ValueError(
+                f"The prompt has {int(mask.sum())} {kind} placeholder tokens (id {token_id}) but the {kind}s were "
+                f"compressed into {tokens.shape[0]} tokens. Each {kind} placeholder must be expanded into exactly its "
+                f"compressed token count: build inputs with HicomProcessor."
+            )
+        mask = mask.unsqueeze(-1).to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, tokens.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        instruct_input_ids: torch.LongTensor | None = None,
+        instruct_attention_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_instruct_input_ids: torch.LongTensor | None = None,
+        image_instruct_attention_mask: torch.LongTensor | None = None,
+        vision_batch_size: int | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> HicomModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if input_ids is not None:
+            for values, token_id, name in (
+                (pixel_values_videos, self.config.video_token_id, "pixel_values_videos"),
+                (pixel_values, self.config.image_token_id, "pixel_values"),
+            ):
+                if values is None and bool((input_ids == token_id).any()):
+                    raise ValueError(f"`input_ids` hold placeholder tokens (id {token_id}) but `{name}` is missing.")
+
+        video_tokens = image_tokens = None
+        if pixel_values_videos is not None:
+            features = self.get_video_features(
+                pixel_values_videos, video_num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size
+            )
+            video_tokens = torch.cat(features.pooler_output)
+            inputs_embeds = self._scatter_visual_tokens(
+                input_ids, inputs_embeds, video_tokens, self.config.video_token_id, "video"
+            )
+        if pixel_values is not None:
+            features = self.get_image_features(
+                pixel_values, image_instruct_input_ids, image_instruct_attention_mask, vision_batch_size=vision_batch_size
+            )
+            image_tokens = torch.cat(features.pooler_output)
+            inputs_embeds = self._scatter_visual_tokens(
+                input_ids, inputs_embeds, image_tokens, self.config.image_token_id, "image"
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return HicomModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            video_hidden_states=video_tokens,
+            image_hidden_states=image_tokens,
+        )
+
+
+class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
+    """HICom with a language-modeling head: `generate()` answers questions about videos and images."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: HicomConfig):
+        super().__init__(config)
+        self.model = HicomModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_video_features(self, *args, **kwargs) -> HicomVideoFeaturesOutput | tuple:
+        return self.model.get_video_features(*args, **kwargs)
+
+    get_video_features.__doc__ = HicomModel.get_video_features.__doc__
+
+    def get_image_features(self, *args, **kwargs) -> HicomVideoFeaturesOutput | tuple:
+        return self.model.get_image_features(*args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        instruct_input_ids: torch.LongTensor | None = None,
+        instruct_attention_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_instruct_input_ids: torch.LongTensor | None = None,
+        image_instruct_attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HicomCausalLMOutputWithPast | tuple:
+        r"""
+        pixel_values_videos (`(sum_i T_i, 3, S, S)`): frames of all videos, concatenated.
+        video_num_frames (`(num_videos,)`): frames per video.
+        instruct_input_ids / instruct_attention_mask (`(num_videos, 64)`): the instruction that conditions each video's
+            compression, tokenized by the SigLIP tokenizer with `padding="max_length"`.
+        pixel_values (`(num_images, 3, S, S)`) with image_instruct_input_ids / image_instruct_attention_mask: images.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values_videos=pixel_values_videos,
+            video_num_frames=video_num_frames,
+            instruct_input_ids=instruct_input_ids,
+            instruct_attention_mask=instruct_attention_mask,
+            pixel_values=pixel_values,
+            image_instruct_input_ids=image_instruct_input_ids,
+            image_instruct_attention_mask=image_instruct_attention_mask,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        output = HicomCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            video_hidden_states=outputs.video_hidden_states,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
+        """Visual inputs are consumed on the prefill step; with a cache, later steps must not re-encode them."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in _PREFILL_ONLY_INPUTS:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+
+__all__ = ["HicomForConditionalGeneration", "HicomModel", "HicomPreTrainedModel", "HicomVideoFeaturesOutput"]
