@@ -118,7 +118,7 @@ def build_config(original: dict, siglip: dict, video_token_id: int, image_token_
     for field, allowed in SUPPORTED_SETTINGS.items():
         if original.get(field, allowed[0]) not in allowed:
             raise ConversionError(f"Unsupported `{field}`={original[field]!r}; this converter handles {allowed}.")
-    text = {k: original[k] for k in QWEN2_FIELDS if k in original}
+    text = {k: original[k] for k in QWEN2_FIELDS if original.get(k) is not None}
     instruct = dict(siglip["text_config"])
     # SigLIP configs inherit CLIP's bos/eos ids (49406/49407), outside SigLIP's sentencepiece vocabulary.
     vocab = instruct.get("vocab_size", 32000)
@@ -197,10 +197,15 @@ def convert_state_dict(tensors, expected: dict, dtype: torch.dtype | None, total
     return state_dict
 
 
+def load_tokenizer(input_dir: Path):
+    """The LLM tokenizer; a Qwen2 config is passed so the original `config.json` (model_type hicom_qwen2) is not read."""
+    return AutoTokenizer.from_pretrained(input_dir, config=Qwen2Config())
+
+
 def build_processor(input_dir: Path, vision_tower: Path, config: HicomConfig, original: dict):
     from processing_hicom import HicomProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(input_dir)
+    tokenizer = load_tokenizer(input_dir)
     return HicomProcessor.from_components(
         tokenizer=tokenizer,
         instruct_tokenizer_path=vision_tower,
@@ -237,7 +242,7 @@ def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to
     input_dir, vision_tower, output = Path(input_dir), Path(vision_tower), Path(output)
     original = json.loads((input_dir / "config.json").read_text())
     siglip = json.loads((vision_tower / "config.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(input_dir)
+    tokenizer = load_tokenizer(input_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, IMAGE_TOKEN]})
     config = build_config(
         original, siglip, tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

@@ -1,0 +1,317 @@
+"""Converter: fixture parity through the whole convert -> remote-code load path, the release layout, refusals."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conversion.convert_hicom_original_to_hf import (
+    ConversionError,
+    build_config,
+    convert,
+    convert_state_dict,
+    parse_projector_type,
+    rename_key,
+)
+from modeling_hicom import HicomForConditionalGeneration
+
+FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
+ORIGINAL = FIXTURE / "original_checkpoint"
+SIGLIP = FIXTURE / "siglip-so400m-patch14-384"
+REFERENCE = load_file(FIXTURE / "reference_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def converted_fixture(tmp_path_factory):
+    return convert(ORIGINAL, SIGLIP, tmp_path_factory.mktemp("converted") / "hicom-tiny")
+
+
+@pytest.fixture(scope="module")
+def loaded(converted_fixture):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(
+        converted_fixture, trust_remote_code=True, dtype=torch.float32
+    ).eval()
+
+
+def max_error(actual, expected):
+    return (actual - expected).abs().max().item()
+
+
+# --- parity with the authors' model (fixture contract) -------------------------------------------------------------
+
+
+def test_remote_code_class_is_loaded(loaded):
+    assert type(loaded).__name__ == "HicomForConditionalGeneration"
+    assert type(loaded).__module__.startswith("transformers_modules")
+    assert loaded.dtype == torch.float32
+
+
+def test_vision_features_and_patch_embeddings(loaded):
+    with torch.no_grad():
+        features, embeds = loaded.model.encode_frames(REFERENCE["pixel_values"].float())
+    assert max_error(features, REFERENCE["expected_vision_features"]) <= 1e-4
+    assert max_error(embeds, REFERENCE["expected_patch_embeds"]) <= 1e-4
+
+
+def test_instruction_embedding(loaded):
+    with torch.no_grad():
+        guide = loaded.model.encode_instructions(REFERENCE["guide_input_ids"], REFERENCE["guide_attention_mask"])
+    assert max_error(guide, REFERENCE["expected_guide_embeds"]) <= 1e-4
+
+
+def reference_inputs(model):
+    n_tokens = REFERENCE["expected_visual_tokens"].shape[0]
+    input_ids = torch.cat(
+        [REFERENCE["text_before_ids"], torch.full((n_tokens,), model.config.video_token_id), REFERENCE["text_after_ids"]]
+    )[None]
+    return dict(
+        input_ids=input_ids,
+        pixel_values_videos=REFERENCE["pixel_values"].float(),
+        video_num_frames=torch.tensor([8]),
+        instruct_input_ids=REFERENCE["guide_input_ids"],
+        instruct_attention_mask=REFERENCE["guide_attention_mask"],
+    )
+
+
+def test_visual_tokens_and_logits(loaded):
+    inputs = reference_inputs(loaded)
+    with torch.no_grad():
+        out = loaded(**inputs)
+    assert max_error(out.video_hidden_states, REFERENCE["expected_visual_tokens"]) <= 1e-4
+    assert max_error(out.logits[0], REFERENCE["expected_logits"]) <= 1e-4
+
+
+def test_release_quirk_gives_identical_global_tokens(loaded):
+    assert (loaded.config.local_injection, loaded.config.global_injection) == ("direct", "direct")
+    tokens = REFERENCE["expected_visual_tokens"][18:]
+    assert torch.allclose(tokens, tokens[:1].expand_as(tokens), atol=1e-6)
+
+
+def test_converted_folder_is_self_contained(converted_fixture):
+    config = json.loads((converted_fixture / "config.json").read_text())
+    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForCausalLM"):
+        module = config["auto_map"][auto_class].split(".")[0]
+        assert (converted_fixture / f"{module}.py").exists()
+    for name in ("configuration_hicom.py", "compressor_hicom.py", "modeling_hicom.py"):
+        assert (converted_fixture / name).exists()
+    assert config["torch_dtype" if "torch_dtype" in config else "dtype"] == "bfloat16"
+
+
+FRESH_PROCESS_CHECK = """
+import sys, torch
+from transformers import AutoModelForImageTextToText
+assert not any("modeling_hicom" in m for m in sys.modules)
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32).eval()
+inputs = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(**inputs).logits, sys.argv[3])
+"""
+
+
+def test_save_pretrained_round_trips_exactly_in_a_fresh_process(loaded, tmp_path):
+    saved = tmp_path / "resaved"
+    loaded.save_pretrained(saved)
+    inputs = reference_inputs(loaded)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = loaded(**inputs).logits
+    run_isolated(FRESH_PROCESS_CHECK, saved, tmp_path / "inputs.pt", tmp_path / "logits.pt")
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def run_isolated(code, *args):
+    """Run `code` in a new interpreter that cannot import this repository (only the saved remote code)."""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], cwd="/", env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+# --- the projector-type parser and its quirk -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "projector, use_guide, expected",
+    [
+        ("local43_global32_coarse", "direct", ("direct", "direct", 4, 3, 32)),  # the release: "coarse" selects nothing
+        ("local43_global32", "direct", ("direct", "direct", 4, 3, 32)),
+        ("local22_global16", "", ("off", "off", 2, 2, 16)),
+        ("local43", "direct", ("direct", "off", 4, 3, 0)),
+        ("local43_guidedirect_global32", None, ("direct", "off", 4, 3, 32)),
+    ],
+)
+def test_parse_projector_type(projector, use_guide, expected):
+    settings = parse_projector_type(projector, use_guide)
+    assert (
+        settings["local_injection"],
+        settings["global_injection"],
+        settings["local_temporal_kernel"],
+        settings["local_spatial_kernel"],
+        settings["num_global_queries"],
+    ) == expected
+
+
+@pytest.mark.parametrize(
+    "projector, use_guide, match",
+    [
+        ("mlp2x_gelu", "direct", "Unsupported `mm_projector_type`"),
+        ("local43_global32_adaptk", "direct", "Unsupported word 'adaptk'"),
+        ("local43_global32_guidecoarse", "direct", "global_injection='coarse'"),
+        ("local43_global32", "sideways", "Unknown `use_guide`"),
+    ],
+)
+def test_unknown_variants_are_refused(projector, use_guide, match):
+    with pytest.raises(ConversionError, match=re.escape(match)):
+        parse_projector_type(projector, use_guide)
+
+
+# --- refusals on bad checkpoints ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint_copy(tmp_path):
+    folder = tmp_path / "original"
+    shutil.copytree(ORIGINAL, folder)
+    return folder
+
+
+def edit_weights(folder, edit):
+    tensors = load_file(folder / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, folder / "model.safetensors")
+
+
+def test_missing_tensor_is_named(checkpoint_copy, tmp_path):
+    edit_weights(checkpoint_copy, lambda t: t.pop("model.mm_projector.global_compressor.query"))
+    with pytest.raises(ConversionError, match=r"does not fill \(1\): model\.compressor\.global_level\.query"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_extra_tensor_is_named(checkpoint_copy, tmp_path):
+    edit_weights(checkpoint_copy, lambda t: t.update({"model.mm_projector.extra.weight": torch.zeros(2)}))
+    with pytest.raises(ConversionError, match=r"no rule maps \(1\): model\.mm_projector\.extra\.weight"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out")
+
+
+def test_wrong_shape_is_named(checkpoint_copy, tmp_path):
+    edit_weights(checkpoint_copy, lambda t: t.update({"model.norm.weight": torch.zeros(3)}))
+    with pytest.raises(ConversionError, match=r"model\.norm\.weight has shape \(3,\)"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out")
+
+
+def test_missing_shard_is_named(checkpoint_copy, tmp_path):
+    tensors = load_file(checkpoint_copy / "model.safetensors")
+    keys = sorted(tensors)
+    save_file({k: tensors[k] for k in keys[:50]}, checkpoint_copy / "model-00001-of-00002.safetensors")
+    weight_map = {k: f"model-0000{1 + (i >= 50)}-of-00002.safetensors" for i, k in enumerate(keys)}
+    (checkpoint_copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (checkpoint_copy / "model.safetensors").unlink()
+    with pytest.raises(ConversionError, match="model-00002-of-00002.safetensors, which is missing"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out")
+
+
+def test_pickle_checkpoints_load_weights_only(checkpoint_copy, tmp_path):
+    tensors = load_file(checkpoint_copy / "model.safetensors")
+    torch.save(tensors, checkpoint_copy / "pytorch_model.bin")
+    (checkpoint_copy / "model.safetensors").unlink()
+    convert(checkpoint_copy, SIGLIP, tmp_path / "out", dtype="float32")
+    converted = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(converted["model.language_model.norm.weight"], tensors["model.norm.weight"].float())
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"model.norm.weight": Payload()}, checkpoint_copy / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights.only|unsupported global"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out2")
+
+
+def test_reference_verification_catches_wrong_weights(checkpoint_copy, tmp_path):
+    edit_weights(checkpoint_copy, lambda t: t["lm_head.weight"].mul_(1.01))
+    with pytest.raises(ConversionError, match="differ from the reference"):
+        convert(checkpoint_copy, SIGLIP, tmp_path / "out", reference=FIXTURE / "reference_io.safetensors")
+
+
+# --- the real release layout, without its weights -------------------------------------------------------------------
+
+RELEASE_CONFIG = {
+    "model_type": "hicom_qwen2", "architectures": ["HIComQwen2ForCausalLM"], "vocab_size": 152064,
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+    "num_key_value_heads": 4, "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0, "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645,
+    "mm_projector_type": "local43_global32_coarse", "use_guide": "direct", "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch", "mm_newline_position": "no_token", "image_aspect_ratio": "pad",
+    "mm_hidden_size": 1152, "num_frames": 32, "use_clip_scale": "",
+}
+SO400M = {
+    "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304, "num_attention_heads": 16,
+                      "num_hidden_layers": 27, "patch_size": 14},
+    "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                    "num_hidden_layers": 27, "vocab_size": 32000, "max_position_embeddings": 64},
+}
+# Shapes of the public release (Qwen2.5-7B-Instruct + SigLIP so400m-patch14-384), independent of our code.
+RELEASE_SHAPES = {
+    "lm_head.weight": (152064, 3584),
+    "model.embed_tokens.weight": (152064, 3584),
+    "model.layers.27.self_attn.k_proj.weight": (512, 3584),
+    "model.layers.27.mlp.down_proj.weight": (3584, 18944),
+    "model.vision_tower.vision_tower.vision_model.embeddings.position_embedding.weight": (729, 1152),
+    "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight": (1152, 3, 14, 14),
+    "model.vision_tower.vision_tower.vision_model.encoder.layers.26.mlp.fc1.weight": (4304, 1152),
+    "model.vision_tower.vision_tower.vision_model.head.attention.in_proj_weight": (3456, 1152),
+    "model.vision_tower.guide_encoder.text_model.embeddings.position_embedding.weight": (64, 1152),
+    "model.vision_tower.guide_encoder.text_model.embeddings.token_embedding.weight": (32000, 1152),
+    "model.vision_tower.guide_encoder.text_model.encoder.layers.26.self_attn.q_proj.weight": (1152, 1152),
+    "model.mm_projector.local_compressor.readout.0.weight": (3584, 1152),
+    "model.mm_projector.local_compressor.readout.2.weight": (3584, 3584),
+    "model.mm_projector.global_compressor.attn_layer.k_proj.weight": (1152, 1152),
+    "model.mm_projector.global_compressor.query": (32, 1152),
+}
+
+
+def release_key_names():
+    """The release's tensor names: the fixture's (same code, same layout) with the real layer counts."""
+    counts = {"model.layers.": 28, "vision_model.encoder.layers.": 27, "text_model.encoder.layers.": 27}
+    names = set()
+    with open(ORIGINAL / "model.safetensors", "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    for key in header:
+        if key == "__metadata__":
+            continue
+        prefix = next((p for p in counts if re.search(re.escape(p) + r"\d+\.", key)), None)
+        if prefix is None:
+            names.add(key)
+            continue
+        for layer in range(counts[prefix]):
+            names.add(re.sub(re.escape(prefix) + r"\d+\.", f"{prefix}{layer}.", key))
+    return sorted(names)
+
+
+def test_release_layout_converts_on_the_meta_device():
+    config = build_config(RELEASE_CONFIG, SO400M, video_token_id=151665, image_token_id=151666)
+    with torch.device("meta"):
+        model = HicomForConditionalGeneration(config)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    names = release_key_names()
+    assert len(names) == len(expected)
+    for name, shape in RELEASE_SHAPES.items():
+        assert expected[rename_key(name)] == shape, name
+    fake = ((name, torch.empty(expected[rename_key(name)], device="meta")) for name in names)
+    state_dict = convert_state_dict(fake, expected, torch.bfloat16, total=len(names))
+    assert len(state_dict) == len(expected)
+    assert config.num_global_heads == 9 and config.text_config.hidden_size == 3584
+    parameters = sum(value.numel() for value in state_dict.values())
+    assert 8.0e9 < parameters < 8.4e9  # Qwen2.5-7B (7.6B) + two so400m towers (~0.8B) + compressor
