@@ -21,7 +21,6 @@ from transformers import AutoTokenizer, Qwen2Config, SiglipTextConfig, SiglipVis
 from transformers.utils import logging
 
 from modeling_hicom import HicomConfig, HicomForConditionalGeneration
-from modeling_hicom.remote_code import save_remote_code
 
 logger = logging.get_logger("hicom-convert")
 
@@ -202,15 +201,74 @@ def load_tokenizer(input_dir: Path):
     return AutoTokenizer.from_pretrained(input_dir, config=Qwen2Config())
 
 
-def build_processor(input_dir: Path, vision_tower: Path, config: HicomConfig, original: dict):
+def build_processor(tokenizer, vision_tower: Path, config: HicomConfig, original: dict):
+    """Processor for the converted folder: the LLM tokenizer (with placeholders), SigLIP's tokenizer and frame settings."""
     from processing_hicom import HicomProcessor
 
-    tokenizer = load_tokenizer(input_dir)
     return HicomProcessor.from_components(
         tokenizer=tokenizer,
         instruct_tokenizer_path=vision_tower,
         config=config,
         num_frames=original.get("num_frames", 32),
+    )
+
+
+MODEL_CARD = """---
+library_name: transformers
+pipeline_tag: video-text-to-text
+tags: [hicom, video-llm, token-compression, custom_code]
+---
+
+# {name} (HICom, transformers format)
+
+HICom (CVPR 2025, arXiv 2503.16036) compresses a video's visual tokens *conditioned on the question*: attention
+inside {kt}x{ks}x{ks} space-time windows (local level) and {nq} learnable-query tokens over the whole clip (global level).
+
+## Token budget
+| frames | raw SigLIP tokens | HICom tokens |
+| --- | --- | --- |
+{budget}
+
+## Release quirk: identical global tokens
+The original config says `mm_projector_type: {projector}` with `use_guide: {use_guide}`. The authors' parser only
+switches a level to another injection mode through a `guide<mode>` word, so this checkpoint uses
+`local_injection={local}` and `global_injection={global_}`.{quirk}
+
+## Usage
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+model = AutoModelForImageTextToText.from_pretrained("{name}", trust_remote_code=True, dtype="auto")
+processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
+pipe = pipeline("video-text-to-text", model="{name}", trust_remote_code=True)
+pipe(videos="clip.mp4", text="What happens in the video?", max_new_tokens=64)
+```
+
+## Conversion
+Converted with hicom-transformers' `hicom-convert --input {input} --vision-tower {vision}` from the original
+release (weights stored as {dtype}).
+"""
+
+
+def write_model_card(output: Path, config: HicomConfig, processor, original: dict, input_dir: Path, vision_tower: Path, dtype):
+    rows = [
+        f"| {n} | {processor.num_raw_tokens(n):,} | {processor.num_video_tokens(n):,} |" for n in (8, 32, 64, 128)
+    ]
+    identical = config.global_injection == "direct" and config.num_global_queries > 0
+    quirk = (
+        f" With direct injection every global query *is* the instruction embedding, so the {config.num_global_queries}"
+        " global tokens are identical copies (the paper describes coarse injection at the global level). This"
+        " conversion reproduces what the weights were trained with."
+        if identical
+        else ""
+    )
+    (output / "README.md").write_text(
+        MODEL_CARD.format(
+            name=output.name, kt=config.local_temporal_kernel, ks=config.local_spatial_kernel,
+            nq=config.num_global_queries, budget="\n".join(rows), projector=original["mm_projector_type"],
+            use_guide=original.get("use_guide"), local=config.local_injection, global_=config.global_injection,
+            quirk=quirk, input=input_dir.name, vision=vision_tower.name, dtype=str(dtype).replace("torch.", ""),
+        )
     )
 
 
@@ -258,8 +316,9 @@ def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to
     model.config.dtype = next(iter(state_dict.values())).dtype
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, max_shard_size=max_shard_size)
-    build_processor(input_dir, vision_tower, config, original).save_pretrained(output)
-    save_remote_code(output)
+    processor = build_processor(tokenizer, vision_tower, config, original)
+    processor.save_pretrained(output)
+    write_model_card(output, config, processor, original, input_dir, vision_tower, model.config.dtype)
     if (input_dir / "generation_config.json").exists():
         shutil.copy(input_dir / "generation_config.json", output / "generation_config.json")
     logger.warning(f"Wrote {output}")

@@ -16,6 +16,7 @@ from transformers.utils import logging
 
 from .compressor_hicom import HicomAdapter, HicomCompressor, HicomGlobalCompressor
 from .configuration_hicom import HicomConfig
+from .remote_code import save_remote_code
 
 logger = logging.get_logger(__name__)
 
@@ -108,6 +109,12 @@ class HicomPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also write the remote-code files (processor and pipeline included), so the folder loads on its own."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_remote_code(save_directory, extra_dirs=[self.name_or_path])
 
     @torch.no_grad()
     def _init_weights(self, module):

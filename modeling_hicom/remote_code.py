@@ -15,6 +15,15 @@ CONFIG_AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_hicom.HicomForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_hicom.HicomForConditionalGeneration",
 }
+# `pipeline("video-text-to-text", model=folder, trust_remote_code=True)` finds the pipeline class through this.
+CUSTOM_PIPELINES = {
+    "video-text-to-text": {
+        "impl": "pipeline_hicom.VideoTextToTextPipeline",
+        "pt": ["AutoModelForImageTextToText"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
 REMOTE_CODE_FILES = (
     "configuration_hicom.py",
     "compressor_hicom.py",
@@ -35,7 +44,7 @@ def _source_dirs(extra_dirs=()) -> list[Path]:
 def save_remote_code(folder, extra_dirs=()) -> list[str]:
     """Copy every HICom remote-code file found next to this module, in the repository or in `extra_dirs`.
 
-    Returns the names copied. Also writes `auto_map` into `config.json` when the folder has one.
+    Returns the names copied. Also writes `auto_map` and `custom_pipelines` into `config.json` when there is one.
     """
     folder = Path(folder)
     copied = []
@@ -51,5 +60,6 @@ def save_remote_code(folder, extra_dirs=()) -> list[str]:
     if config_file.exists():
         config = json.loads(config_file.read_text())
         config["auto_map"] = {**config.get("auto_map", {}), **CONFIG_AUTO_MAP}
+        config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **CUSTOM_PIPELINES}
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return copied

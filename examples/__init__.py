@@ -1,0 +1,1 @@
+"""Runnable examples: `hicom-video-qa` (video_qa.py) and relevance maps (relevance_map.py)."""
