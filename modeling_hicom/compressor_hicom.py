@@ -7,7 +7,7 @@ weights' dtype, so bf16/fp16 models keep the reference's selection of patches.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -47,6 +47,25 @@ def window_index(num_frames: int, height: int, width: int, temporal_kernel: int,
     index = (t[:, None, None, :, None, None] * height + h[None, :, None, None, :, None]) * width
     index = index + w[None, None, :, None, None, :]
     return index.flatten(3)
+
+
+def linear_taps(in_size: int, out_size: int) -> tuple[list[int], list[int], list[float]]:
+    """Source positions `i0`, `i1` and weight `l1` of `align_corners=False` linear interpolation along one axis.
+
+    The same taps as `torch.nn.functional.interpolate(..., mode="(bi|tri)linear", align_corners=False)` with an
+    explicit `size`: output `o` is `(1 - l1) * x[i0] + l1 * x[i1]`. Lets the local level build the trilinear queries of
+    a few output frames from only the input frames they read (frames arrive a chunk at a time).
+    """
+    # In float32 like PyTorch's kernel (`scale = in / out`, `source = scale * (o + 0.5) - 0.5`, clamped at 0).
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    sources = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+    low, high, weight = [], [], []
+    for source in sources.tolist():
+        index = min(int(source), in_size - 1)
+        low.append(index)
+        high.append(index + 1 if index < in_size - 1 else index)
+        weight.append(min(max(source - index, 0.0), 1.0))
+    return low, high, weight
 
 
 def sincos_embedding_1d(positions: int, dim: int) -> torch.Tensor:
@@ -134,8 +153,24 @@ class LevelOutput:
     attentions: torch.Tensor | None = None
 
 
+@dataclass
+class LocalPlan:
+    """Where one video's local cells read: `index (T', H', W', window)` flat positions into the `T*H*W` grid, and for
+    each temporal cell the frames `[first_frame[t], end_frame[t])` it needs (its window, and with a non-direct
+    injection also the two frames its trilinear query interpolates); `taps` are `linear_taps(T, T')`."""
+
+    index: torch.Tensor
+    first_frame: list[int]
+    end_frame: list[int]
+    taps: tuple[list[int], list[int], list[float]]
+
+
 class HicomLocalCompressor(nn.Module):
     """One token per space-time window: the instruction-conditioned query attends over its window's patches."""
+
+    # Cells attended / read out at once: bound scratch memory (and keep gathers cache-sized), not results.
+    attention_block = 128
+    readout_block = 256
 
     def __init__(self, config, guide_dim: int):
         super().__init__()
@@ -148,31 +183,104 @@ class HicomLocalCompressor(nn.Module):
         self.query_adapter = _maybe_adapter(config.adapt_query, dim, act)
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
-    def forward(self, features, patch_embeds, guide, output_attentions=False) -> LevelOutput:
-        num_frames, height, width, dim = features.shape
+    def plan(self, num_frames: int, height: int, width: int) -> LocalPlan:
         temporal_kernel = 1 if num_frames == 1 else self.temporal_kernel
-        index = window_index(num_frames, height, width, temporal_kernel, self.spatial_kernel).to(features.device)
-        grid = index.shape[:3]
+        index = window_index(num_frames, height, width, temporal_kernel, self.spatial_kernel)
+        starts, size = window_starts(num_frames, temporal_kernel)
+        taps = linear_taps(num_frames, len(starts))
+        first, end = list(starts), [s + size for s in starts]
+        if self.injection.needs_base_query:
+            first = [min(f, t) for f, t in zip(first, taps[0])]
+            end = [max(e, t + 1) for e, t in zip(end, taps[1])]
+        return LocalPlan(index, first, end, taps)
+
+    def forward(self, features, patch_embeds, guide, output_attentions=False) -> LevelOutput:
+        plan = self.plan(*features.shape[:3])
+        return self.compress_cells(plan, 0, len(plan.first_frame), features, patch_embeds, 0, guide, output_attentions)
+
+    def compress_cells(
+        self, plan, first_cell, end_cell, features, patch_embeds, frame_offset, guide, output_attentions=False, out=None
+    ) -> LevelOutput:
+        """Tokens of temporal cells `[first_cell, end_cell)` from `features`/`patch_embeds` `(n, H, W, D)`, which
+        hold frames `frame_offset ...` of the video (at least every frame those cells need, see `LocalPlan`).
+        `out`, if given, is the `(cells, C)` tensor the tokens are written to (and returned as)."""
+        _, height, width, dim = features.shape
+        index = plan.index[first_cell:end_cell].to(features.device) - frame_offset * height * width
+        grid = plan.index.shape[1:3]
 
         base_query = None
         if self.injection.needs_base_query:
-            # Trilinear downsampling of the features gives each cell an unconditional query.
+            # Trilinear downsampling of the features gives each cell an unconditional query: linear along time over
+            # the two frames it reads, then bilinear in space (separable, as `interpolate(mode="trilinear")`).
+            low, high, weight = (taps[first_cell:end_cell] for taps in plan.taps)
+            weight = torch.tensor(weight, dtype=torch.float32, device=features.device)[:, None, None, None]
+            low = torch.tensor(low, device=features.device) - frame_offset
+            high = torch.tensor(high, device=features.device) - frame_offset
+            frames = (1 - weight) * features[low].float() + weight * features[high].float()
             base_query = nn.functional.interpolate(
-                features.permute(3, 0, 1, 2)[None].float(), size=grid, mode="trilinear", align_corners=False
-            )[0].permute(1, 2, 3, 0)
+                frames.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
             base_query = self.query_adapter(base_query.to(features.dtype))
-        query = self.injection(guide, base_query).float()  # (1, dim) or (T', H', W', dim)
+        query = self.injection(guide, base_query).float()  # (1, dim) or (cells, H', W', dim)
 
         keys = self.key_adapter(patch_embeds).flatten(0, 2)
         values = self.value_adapter(features).flatten(0, 2)
-        # Gather one window offset at a time: vectorized over all windows, and never a (cells, window, dim) copy.
-        scores = torch.stack(
-            [(keys[index[..., k]].float() * query).sum(-1) for k in range(index.shape[-1])], dim=-1
-        ) / math.sqrt(dim)
-        weights = scores.softmax(dim=-1)
-        pooled = sum(weights[..., k, None] * values[index[..., k]].float() for k in range(index.shape[-1]))
-        tokens = self.readout(pooled.to(features.dtype)).flatten(0, 2)
-        return LevelOutput(tokens, weights if output_attentions else None)
+        cell_grid = index.shape[:3]
+        index, query = index.flatten(0, 2), query.flatten(0, -2)
+        # Cells go through in blocks, which bound the scratch memory (the readout MLP's activations are the largest
+        # tensors); within a block, gather one window offset at a time for a cache-sized sub-block of cells:
+        # vectorized over windows, and never a (cells, window, dim) copy.
+        tokens, weights = out, []
+        for start in range(0, index.shape[0], self.readout_block):
+            block = index[start : start + self.readout_block]
+            block_query = query if query.shape[0] == 1 else query[start : start + self.readout_block]
+            pooled = torch.empty(block.shape[0], dim, device=features.device)
+            for sub in range(0, block.shape[0], self.attention_block):
+                cells = block[sub : sub + self.attention_block]
+                cell_query = block_query if block_query.shape[0] == 1 else block_query[sub : sub + cells.shape[0]]
+                scores = torch.stack(
+                    [(keys[cells[:, k]].float() * cell_query).sum(-1) for k in range(cells.shape[-1])], dim=-1
+                ) / math.sqrt(dim)
+                cell_weights = scores.softmax(dim=-1)
+                pooled[sub : sub + cells.shape[0]] = sum(
+                    cell_weights[:, k, None] * values[cells[:, k]].float() for k in range(cells.shape[-1])
+                )
+                if output_attentions:
+                    weights.append(cell_weights)
+            pooled = pooled.to(features.dtype)  # frees the float32 copy before the readout's activations exist
+            block_tokens = self.readout(pooled)
+            del pooled
+            if tokens is None and block.shape[0] == index.shape[0]:
+                tokens = block_tokens
+            else:
+                if tokens is None:
+                    tokens = block_tokens.new_empty(index.shape[0], block_tokens.shape[-1])
+                tokens[start : start + block.shape[0]] = block_tokens
+        weights = torch.cat(weights).view(*cell_grid, -1) if output_attentions else None
+        return LevelOutput(tokens, weights)
+
+
+@dataclass
+class GlobalAttentionState:
+    """Running state of `HicomGlobalAttention` over a clip whose frames arrive a chunk at a time (online softmax).
+
+    `u (Q*heads, D)`: the reassociated, pre-scaled key projection of each (query, head); `position_scores`: per axis,
+    `table @ u.T`. With `peak` the largest score so far, `total`, `pooled`, `rows`, `columns` are the sums of
+    `exp(score - peak)` (over all positions, against the features, per row, per column); `frames` holds per-frame sums
+    with the peak they were taken against. `scores` keeps every score only when the weights are asked for.
+    """
+
+    u: torch.Tensor
+    tables: list
+    position_scores: list
+    scores: list | None
+    frames_seen: int = 0
+    peak: torch.Tensor | None = None
+    total: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    columns: torch.Tensor | None = None
+    frames: list = field(default_factory=list)
 
 
 class HicomGlobalAttention(nn.Module):
@@ -180,8 +288,11 @@ class HicomGlobalAttention(nn.Module):
 
     Computed in an exactly reassociated form: with few queries, projecting all `T*H*W` positions with `W_k` and `W_v`
     dominates the cost, so positions are scored with `W_k^T q` (the key bias adds a per-query constant that softmax
-    ignores) and `W_v` is applied once to the attention-weighted sum of positions (the weights sum to 1).
+    ignores) and `W_v` is applied once to the attention-weighted sum of positions (the weights sum to 1). The softmax
+    is accumulated chunk by chunk (`begin` / `update` / `finish`), so the clip's features need not be kept.
     """
+
+    position_block = 1024  # positions scored at once: bounds scratch memory (float32 copies, scores), not results
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -198,27 +309,70 @@ class HicomGlobalAttention(nn.Module):
         Keys/values are `features + P` with `P[t, h, w] = pt[t] + ph[h] + pw[w]`; `P` is never materialized.
         Returns `(Q, D)` and, if asked, the weights `(heads, Q, T*H*W)`.
         """
+        state = self.begin(queries, position_embeds, output_attentions)
+        self.update(state, features)
+        return self.finish(state, queries)
+
+    def begin(self, queries, position_embeds, output_attentions=False) -> GlobalAttentionState:
         num_queries, dim = queries.shape
-        num_frames, height, width, _ = features.shape
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q_proj(queries).float().view(num_queries, heads, head_dim)
-        k_weight = self.k_proj.weight.float().view(heads, head_dim, dim)
-        # u[q, h] = W_k,h^T q_h: a position's score is its feature row dotted with u.
-        u = torch.einsum("qhe,hed->qhd", q, k_weight).reshape(num_queries * heads, dim) * head_dim**-0.5
-        pt, ph, pw = (table.to(u.device) @ u.T for table in position_embeds)
-        scores = (features.reshape(-1, dim).float() @ u.T).view(num_frames, height, width, -1)
-        scores = scores + pt[:, None, None] + ph[None, :, None] + pw[None, None, :]
-        weights = scores.flatten(0, 2).softmax(dim=0)  # (T*H*W, Q*heads)
-        grid_weights = weights.view(num_frames, height, width, -1)
-        pooled = weights.T @ features.reshape(-1, dim).float()
-        pooled = pooled + grid_weights.sum((1, 2)).T @ position_embeds[0].to(u.device)
-        pooled = pooled + grid_weights.sum((0, 2)).T @ position_embeds[1].to(u.device)
-        pooled = pooled + grid_weights.sum((0, 1)).T @ position_embeds[2].to(u.device)
-        pooled = pooled.view(num_queries, heads, dim)
-        v_weight = self.v_proj.weight.float().view(heads, head_dim, dim)
-        attended = torch.einsum("qhd,hed->qhe", pooled, v_weight).reshape(num_queries, dim) + self.v_proj.bias.float()
+        k_weight = self.k_proj.weight.view(heads, head_dim, dim)
+        # u[q, h] = W_k,h^T q_h: a position's score is its feature row dotted with u. (One head's weights in float32
+        # at a time: no float32 copy of the whole matrix for half-precision models.)
+        u = torch.stack([q[:, h] @ k_weight[h].float() for h in range(heads)], dim=1)
+        u = u.reshape(num_queries * heads, dim) * head_dim**-0.5
+        tables = [table.to(u.device) for table in position_embeds]
+        return GlobalAttentionState(u, tables, [t @ u.T for t in tables], [] if output_attentions else None)
+
+    def update(self, state: GlobalAttentionState, features: torch.Tensor) -> None:
+        """Add the next frames `features (n, H, W, D)` of the clip."""
+        _, height, width, dim = features.shape
+        pt, ph, pw = state.position_scores
+        for block in features.split(max(1, self.position_block // (height * width))):
+            first, count = state.frames_seen, block.shape[0]
+            state.frames_seen += count
+            flat = block.reshape(-1, dim).float()
+            scores = (flat @ state.u.T).view(count, height, width, -1)
+            scores = scores + pt[first : first + count, None, None] + ph[None, :, None] + pw[None, None, :]
+            if state.scores is not None:
+                state.scores.append(scores.flatten(0, 2))
+            peak = scores.flatten(0, 2).max(dim=0).values  # (Q*heads,)
+            if state.peak is not None:
+                peak = torch.maximum(peak, state.peak)
+            numerators = (scores - peak).exp()
+            state.frames.append((peak, numerators.sum((1, 2))))
+            # Every sum keeps (query, head) last: total (Qh,), pooled (D, Qh), rows (H, Qh), columns (W, Qh).
+            parts = (
+                numerators.sum((0, 1, 2)),
+                (numerators.flatten(0, 2).T @ flat).T,
+                numerators.sum((0, 2)),
+                numerators.sum((0, 1)),
+            )
+            if state.peak is not None:
+                rescale = (state.peak - peak).exp()  # earlier sums were taken against the older, smaller peak
+                previous = (state.total, state.pooled, state.rows, state.columns)
+                parts = tuple(part + old * rescale for part, old in zip(parts, previous))
+            state.peak = peak
+            state.total, state.pooled, state.rows, state.columns = parts
+            del flat, scores, numerators  # before the next block's are made
+
+    def finish(self, state: GlobalAttentionState, queries: torch.Tensor):
+        """`(Q, D)` attended values and, if `begin` was asked for them, the weights `(heads, Q, T*H*W)`."""
+        num_queries, dim = queries.shape
+        table_t, table_h, table_w = state.tables
+        frames = torch.cat([per_frame * (peak - state.peak).exp() for peak, per_frame in state.frames])
+        # Positions: sum_p w_p P_p = sum_t (sum_hw w) pt[t] + sum_h (...) ph[h] + sum_w (...) pw[w].
+        pooled = state.pooled.T + frames.T @ table_t + state.rows.T @ table_h + state.columns.T @ table_w
+        pooled = (pooled / state.total[:, None]).view(num_queries, self.num_heads, dim)
+        v_weight = self.v_proj.weight.view(self.num_heads, self.head_dim, dim)
+        attended = torch.stack([pooled[:, h] @ v_weight[h].float().T for h in range(self.num_heads)], dim=1)
+        attended = attended.reshape(num_queries, dim) + self.v_proj.bias.float()
         output = self.out_proj(attended.to(queries.dtype))
-        attentions = weights.T.view(num_queries, heads, -1).transpose(0, 1) if output_attentions else None
+        attentions = None
+        if state.scores is not None:
+            weights = torch.cat(state.scores).softmax(dim=0)  # (T*H*W, Q*heads)
+            attentions = weights.T.view(num_queries, self.num_heads, -1).transpose(0, 1)
         return output, attentions
 
 
@@ -236,12 +390,21 @@ class HicomGlobalCompressor(nn.Module):
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
     def forward(self, features, guide, output_attentions=False) -> LevelOutput:
-        num_frames, height, width, dim = features.shape
+        queries, state = self.begin(features.shape[:3], guide, features.dtype, output_attentions)
+        self.attn.update(state, features)
+        return self.finish(queries, state)
+
+    def begin(self, grid, guide, dtype, output_attentions=False):
+        """Queries and the attention's running state for a `(T, H, W)` clip; feed frames with `self.attn.update`."""
+        dim = self.query.shape[-1]
         base_query = self.query_adapter(self.query) if self.injection.needs_base_query else None
         # Direct injection gives every global query the same vector: compute one and repeat it.
-        queries = self.injection(guide, base_query).to(features.dtype)
-        tables = [sincos_embedding_1d(n, dim) for n in (num_frames, height, width)]
-        attended, attentions = self.attn(queries, features, tables, output_attentions)
+        queries = self.injection(guide, base_query).to(dtype)
+        tables = [sincos_embedding_1d(n, dim) for n in grid]
+        return queries, self.attn.begin(queries, tables, output_attentions)
+
+    def finish(self, queries, state) -> LevelOutput:
+        attended, attentions = self.attn.finish(state, queries)
         tokens = self.readout(queries + attended)
         if tokens.shape[0] != self.num_queries:
             tokens = tokens.expand(self.num_queries, -1)
@@ -270,11 +433,102 @@ class HicomCompressor(nn.Module):
         `(T', H', W', window)` softmax weights of each local cell over its window (positions from `window_index`)
         and `(heads, num_global_queries, T*H*W)`.
         """
-        local = self.local_level(features, patch_embeds, guide, output_attentions)
-        if self.global_level is None:
-            return local.tokens, local.attentions, None
-        global_ = self.global_level(features, guide, output_attentions)
-        return torch.cat([local.tokens, global_.tokens], dim=0), local.attentions, global_.attentions
+        stream = self.stream(features.shape[:3], guide, features.dtype, output_attentions)
+        stream.update(features, patch_embeds)
+        return stream.finish()
+
+    def stream(self, grid, guide=None, dtype=None, output_attentions=False) -> "HicomCompressionStream":
+        """Compress a `grid = (T, H, W)` video whose frames are fed in order, any number at a time (see
+        [`HicomCompressionStream`]); same results as `forward` on the whole clip."""
+        return HicomCompressionStream(self, tuple(grid), guide, dtype, output_attentions)
 
 
-__all__ = ["HicomCompressor", "window_index", "window_starts", "sincos_embedding_1d"]
+class HicomCompressionStream:
+    """One video's compression, fed its frames' `(features, patch_embeds)` in order, a chunk at a time.
+
+    Local cells are computed as soon as the frames of their window have arrived; only frames that a pending window
+    still needs are kept (at most a chunk plus `kt - 1` frames). The global level accumulates its reassociated
+    attention chunk by chunk with an online softmax. So memory holds neither the clip's features nor its patch
+    embeddings, whatever its length.
+    """
+
+    def __init__(self, compressor: HicomCompressor, grid, guide, dtype, output_attentions):
+        self.compressor = compressor
+        self.num_frames, self.height, self.width = grid
+        self.guide = guide
+        self.output_attentions = output_attentions
+        self.plan = compressor.local_level.plan(*grid)
+        self.next_cell, self.frames_seen = 0, 0
+        self.buffer_start, self.buffer = 0, []  # kept (features, patch_embeds) chunks, from frame `buffer_start`
+        self.output, self.local_attentions = None, []  # output: (local + global tokens, C), filled as cells complete
+        self.spatial_cells = self.plan.index.shape[1] * self.plan.index.shape[2]  # local tokens per temporal cell
+        self.num_local_tokens = self.spatial_cells * self.plan.index.shape[0]
+        self.global_queries = self.global_state = None
+        if compressor.global_level is not None:
+            dtype = dtype or compressor.global_level.readout.linear_1.weight.dtype
+            self.global_queries, self.global_state = compressor.global_level.begin(
+                grid, guide, dtype, output_attentions
+            )
+
+    def update(self, features: torch.Tensor, patch_embeds: torch.Tensor) -> None:
+        """Add the next `n` frames: `features`, `patch_embeds` `(n, H, W, D)`."""
+        count = features.shape[0]
+        if tuple(features.shape[1:3]) != (self.height, self.width) or patch_embeds.shape != features.shape:
+            raise ValueError(f"Expected frames of a {self.height}x{self.width} grid, got {tuple(features.shape)}.")
+        if self.frames_seen + count > self.num_frames:
+            raise ValueError(f"The video has {self.num_frames} frames; got {self.frames_seen + count}.")
+        if self.global_state is not None:
+            self.compressor.global_level.attn.update(self.global_state, features)
+        self.frames_seen += count
+        self.buffer.append((features, patch_embeds))
+        plan, ready = self.plan, self.next_cell
+        while ready < len(plan.end_frame) and plan.end_frame[ready] <= self.frames_seen:
+            ready += 1
+        if ready == self.next_cell:
+            return
+        buffered_features, buffered_embeds = (
+            torch.cat(part) if len(part) > 1 else part[0] for part in zip(*self.buffer)
+        )
+        # Only the frames these cells read (the buffer may start earlier and end later).
+        first = plan.first_frame[self.next_cell] - self.buffer_start
+        end = plan.end_frame[ready - 1] - self.buffer_start
+        local = self.compressor.local_level
+        if self.output is None:
+            num_tokens = self.num_local_tokens
+            if self.global_state is not None:
+                num_tokens += self.compressor.global_level.num_queries
+            weight = local.readout.linear_2.weight
+            self.output = features.new_empty(num_tokens, weight.shape[0], dtype=weight.dtype)
+        cells = self.spatial_cells
+        out = local.compress_cells(
+            plan, self.next_cell, ready, buffered_features[first:end], buffered_embeds[first:end],
+            self.buffer_start + first, self.guide, self.output_attentions,
+            out=self.output[self.next_cell * cells : ready * cells],
+        )
+        self.local_attentions.append(out.attentions)
+        self.next_cell = ready
+        # Drop the frames no pending cell reads; copy the rest so the chunk they came from can be freed.
+        keep = (plan.first_frame[ready] if ready < len(plan.first_frame) else self.frames_seen) - self.buffer_start
+        self.buffer = [(buffered_features[keep:].clone(), buffered_embeds[keep:].clone())]
+        self.buffer_start += keep
+
+    def finish(self):
+        """`(tokens (N, C), local_weights, global_weights)`, as `HicomCompressor.forward`."""
+        if self.frames_seen != self.num_frames:
+            raise ValueError(f"The video has {self.num_frames} frames but only {self.frames_seen} were fed.")
+        local_attentions = torch.cat(self.local_attentions) if self.output_attentions else None
+        if self.global_state is None:
+            return self.output, local_attentions, None
+        global_ = self.compressor.global_level.finish(self.global_queries, self.global_state)
+        self.output[self.num_local_tokens :] = global_.tokens
+        return self.output, local_attentions, global_.attentions
+
+
+__all__ = [
+    "HicomCompressor",
+    "HicomCompressionStream",
+    "linear_taps",
+    "window_index",
+    "window_starts",
+    "sincos_embedding_1d",
+]

@@ -13,6 +13,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel, SiglipText
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .compressor_hicom import HicomAdapter, HicomCompressor, HicomGlobalCompressor
 from .configuration_hicom import HicomConfig
@@ -76,14 +77,14 @@ class HicomCausalLMOutputWithPast(ModelOutput):
     Args:
         loss (`torch.FloatTensor`, *optional*, with `labels`): next-token prediction loss.
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
-        past_key_values (`Cache`, *optional*): the language model's cache.
+        cache (`Cache`, *optional*): the language model's key/value cache.
         hidden_states, attentions: the language model's, when asked for.
         video_hidden_states, image_hidden_states: the compressed tokens fed to the language model.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     video_hidden_states: torch.FloatTensor | None = None
@@ -96,7 +97,7 @@ class HicomPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     # Layers that device_map="auto" must keep whole; the compressor reads whole clips, so it stays in one piece.
     _no_split_modules = [
         "Qwen2DecoderLayer",
@@ -147,7 +148,13 @@ class HicomModel(HicomPreTrainedModel):
 
         Frames are encoded `vision_batch_size` at a time, so peak memory holds one chunk's activations rather than
         every frame's. The attention-pooling head is skipped: only its residual MLP is applied, to every patch.
+        (`get_video_features` does not keep these whole: it compresses each chunk as it is encoded.)
         """
+        features, patch_embeds = zip(*self.iter_encode_frames(pixel_values, vision_batch_size))
+        return torch.cat(features), torch.cat(patch_embeds)
+
+    def iter_encode_frames(self, pixel_values: torch.Tensor, vision_batch_size: int | None = None):
+        """Yields `(features, patch_embeds)`, each `(n, H, W, D)`, for `vision_batch_size` frames at a time."""
         tower = self.vision_tower
         layers = tower.encoder.layers
         layer = self.config.vision_feature_layer
@@ -155,7 +162,7 @@ class HicomModel(HicomPreTrainedModel):
         if not 0 <= feature_index <= len(layers):
             raise ValueError(f"`vision_feature_layer` {layer} is out of range for a {len(layers)}-layer vision tower.")
         chunk = vision_batch_size or self.config.vision_batch_size
-        features, patch_embeds = [], []
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         for frames in pixel_values.split(chunk):
             hidden = tower.embeddings(frames.to(tower.embeddings.patch_embedding.weight.dtype))
             selected = hidden if feature_index == 0 else None
@@ -164,10 +171,10 @@ class HicomModel(HicomPreTrainedModel):
                 if index == feature_index:
                     selected = hidden
             last = tower.post_layernorm(hidden)
-            features.append(selected)
-            patch_embeds.append(last + tower.head.mlp(tower.head.layernorm(last)))
-        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        return tuple(torch.cat(x).unflatten(1, (side, side)) for x in (features, patch_embeds))
+            del hidden
+            embeds = last + tower.head.mlp(tower.head.layernorm(last))
+            del last
+            yield selected.unflatten(1, (side, side)), embeds.unflatten(1, (side, side))
 
     def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
         """SigLIP text `pooler_output` `(num_videos, guide_dim)`: the head of the last (padded) position."""
@@ -188,7 +195,8 @@ class HicomModel(HicomPreTrainedModel):
             )
         if not pixel_values.is_floating_point():
             raise TypeError(f"`{name}` must be a floating point tensor, got {pixel_values.dtype}.")
-        if not torch.isfinite(pixel_values).all():
+        # A slice at a time: `isfinite` of the whole input is a mask as large as the pixels (113 MB at 256 frames).
+        if not all(torch.isfinite(part).all() for part in pixel_values.split(16)):
             raise ValueError(f"`{name}` contains NaN or infinite values.")
         if num_frames is None:
             num_frames = [pixel_values.shape[0]]
@@ -234,21 +242,44 @@ class HicomModel(HicomPreTrainedModel):
         pixel_values, num_frames = self._check_visual_inputs(
             pixel_values_videos, video_num_frames, instruct_input_ids, "pixel_values_videos"
         )
-        features, patch_embeds = self.encode_frames(pixel_values, vision_batch_size)
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         guides = [None] * len(num_frames)
+        dispatched = getattr(self.compressor, "_hf_hook", None) is not None
+        if dispatched:
+            # Dispatched with accelerate (device map / offload): its hooks run on `forward`, so compress whole clips.
+            features, patch_embeds = self.encode_frames(pixel_values, vision_batch_size)
         if self.compressor.needs_guide:
-            guides = self.encode_instructions(instruct_input_ids.to(features.device), instruct_attention_mask)
-        tokens, local_attn, global_attn = [], [], []
-        for video_features, video_embeds, guide in zip(
-            features.split(num_frames), patch_embeds.split(num_frames), guides
-        ):
-            out = self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
-            tokens.append(out[0])
-            local_attn.append(out[1])
-            global_attn.append(out[2])
+            device = features.device if dispatched else pixel_values.device
+            guides = self.encode_instructions(instruct_input_ids.to(device), instruct_attention_mask)
+        if dispatched:
+            outputs = [
+                self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
+                for video_features, video_embeds, guide in zip(
+                    features.split(num_frames), patch_embeds.split(num_frames), guides
+                )
+            ]
+        else:
+            # Each chunk of frames is compressed as soon as it is encoded: the clip's features are never all kept.
+            dtype = self.vision_tower.embeddings.patch_embedding.weight.dtype
+            streams = [
+                self.compressor.stream((n, side, side), guide, dtype, output_attentions)
+                for n, guide in zip(num_frames, guides)
+            ]
+            ends = torch.tensor(num_frames).cumsum(0).tolist()
+            video, position = 0, 0  # next frame to route: video `video`, global frame index `position`
+            for features, patch_embeds in self.iter_encode_frames(pixel_values, vision_batch_size):
+                start = 0
+                while start < features.shape[0]:
+                    take = min(features.shape[0] - start, ends[video] - position)
+                    streams[video].update(features[start : start + take], patch_embeds[start : start + take])
+                    start, position = start + take, position + take
+                    video += position == ends[video]
+                del features, patch_embeds
+            outputs = [stream.finish() for stream in streams]
+        tokens, local_attn, global_attn = zip(*outputs)
         output = HicomVideoFeaturesOutput(
             pooler_output=tuple(tokens),
-            grid_shapes=tuple((n, *features.shape[1:3]) for n in num_frames),
+            grid_shapes=tuple((n, side, side) for n in num_frames),
             local_attentions=tuple(local_attn) if output_attentions else None,
             global_attentions=tuple(global_attn) if output_attentions and self.compressor.global_level else None,
         )
@@ -285,12 +316,13 @@ class HicomModel(HicomPreTrainedModel):
         mask = mask.unsqueeze(-1).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, tokens.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_num_frames: torch.LongTensor | None = None,
@@ -336,14 +368,14 @@ class HicomModel(HicomPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return HicomModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             video_hidden_states=video_tokens,
@@ -379,12 +411,13 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
     def get_image_features(self, *args, **kwargs) -> HicomVideoFeaturesOutput | tuple:
         return self.model.get_image_features(*args, **kwargs)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_num_frames: torch.LongTensor | None = None,
@@ -410,7 +443,7 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             pixel_values_videos=pixel_values_videos,
             video_num_frames=video_num_frames,
@@ -431,7 +464,7 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         output = HicomCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             video_hidden_states=outputs.video_hidden_states,

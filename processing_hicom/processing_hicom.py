@@ -1,0 +1,617 @@
+"""`HicomProcessor`: prompts, videos, images and the instruction that conditions HICom's token compression.
+
+HICom compresses each video *conditioned on the question*, so besides the usual LLM inputs the processor returns the
+question tokenized for the SigLIP text tower (`instruct_input_ids`), one row per video. It also expands each `<video>`
+placeholder into exactly the number of tokens the compressor will produce for that video.
+
+Remote code: this file is copied flat next to the model files, so it imports only torch, numpy, transformers and
+(lazily, for `from_components`) its sibling `video_processing_hicom`.
+"""
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+VIDEO_TOKEN = "<video>"
+IMAGE_TOKEN = "<image>"
+
+# Qwen2.5 ChatML with the reference's default system prompt. A video block renders as "<video>\n" before the text, so a
+# user turn [video, "question"] is exactly the reference prompt `"<video>\n" + question`.
+HICOM_CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for block in content -%}"
+    "{%- if block['type'] == 'video' -%}{{ '<video>\\n' }}"
+    "{%- elif block['type'] == 'image' -%}{{ '<image>\\n' }}"
+    "{%- elif block['type'] == 'text' -%}{{ block['text'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + render(message['content'] if 'content' in message else '') "
+    "+ '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# --- Instruction extraction (DESIGN.md sec. 6; the authors' `extract_guided_prompt`, made order-independent) ---------
+_USER_TURN = re.compile(r"<\|im_start\|>user\n?(.*?)(?:<\|im_end\|>|\Z)", re.S)
+_CHAT_MARKUP = re.compile(r"<\|[^|\n]*\|>")
+# Answer options start at the earliest of these (case-sensitive: they are formatting, not words). The sentences are
+# the reference's option prompts, cut whole so that "Pick ... from the list of options." does not stay behind.
+_OPTION_MARKERS = re.compile(
+    "|".join(
+        [
+            re.escape(sentence)
+            for sentence in (
+                "Select one or more correct answers from following:",
+                "Choose the corresponding category that captures this action from the offered options.",
+                "Pick the most suitable category that represents the interaction from the provided options.",
+                "Select the most accurate category from the available choices.",
+                "Identify the most accurate action category from the provided options.",
+                "Choose the appropriate action category from the listed choices.",
+                "Determine the action category that aligns best with these features from the selection provided.",
+                "Select the category that best characterizes this interaction from the given choices.",
+                "Pick the relevant category from the list of options.",
+                "Select the fitting category that describes their interaction from the available options.",
+                "Determine the best-matching action category from the choices given.",
+            )
+        ]
+        + [r"\nA\. ", r"\n\(A\)", r"\nA\)", r"Options:", r"\nOptions", r"Choices:", r"\nChoices"]
+    )
+)
+# Answer-format hints say nothing about what to look at; removed anywhere, case-insensitively.
+_HINTS = re.compile(
+    "|".join(
+        [
+            r"answer with the option(?:'|\u2019)?s letter from the given choices directly(?: and only give the best option)?\.?",
+            r"answer the question using a single word or phrase\.?",
+            r"please answer with a single word(?: or phrase)?\.?",
+            r"(?:please )?respond with only the letter[^.\n]*\.?",
+            r"please provide your answer by stating the letter followed by the full option\.?",
+            r"select the best answer to the following multiple-choice question based on the video\.?",
+            r"the best (?:answer|option) is:?",
+        ]
+    ),
+    re.I,
+)
+
+
+def extract_instruction(prompt: str, video_token: str = VIDEO_TOKEN, image_token: str = IMAGE_TOKEN) -> str:
+    """The part of a prompt that says what to look for: the question, without tags, answer options or format hints.
+
+    This is what the authors feed the instruction encoder (the question alone, at training and evaluation time), so
+    the compressed tokens keep what the question needs; options and hints would only dilute the 64-token query.
+
+    Rules, in order: take the last user turn of a ChatML prompt (the whole text otherwise); drop chat markup and the
+    video/image tags; remove answer-format hints ("Answer the question using a single word or phrase." ...); cut at
+    the first answer-option marker ("\\nA. ", "\\n(A)", "\\nA)", "Options:", "Choices:", the reference's option
+    sentences); keep what follows the last "Question:"; collapse whitespace.
+    """
+    turns = _USER_TURN.findall(prompt)
+    text = turns[-1] if turns else prompt
+    text = _CHAT_MARKUP.sub(" ", text)
+    for tag in (video_token, image_token):
+        text = re.sub(r"[ \t]*" + re.escape(tag) + r"[ \t]*", " ", text)
+    text = re.sub(r"[ \t]*\n[ \t]*", "\n", text)
+    text = _HINTS.sub(" ", text)
+    marker = _OPTION_MARKERS.search(text)
+    if marker is not None:
+        text = text[: marker.start()]
+    question = text.rsplit("Question:", 1)[-1]
+    if question.strip():
+        text = question
+    return " ".join(text.split())
+
+
+# --- Input structure -----------------------------------------------------------------------------------------------
+def _is_pil(value) -> bool:
+    return type(value).__module__.startswith("PIL.")
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor))
+
+
+def _is_frame(value) -> bool:
+    return _is_pil(value) or (_is_array(value) and value.ndim in (2, 3))
+
+
+def _is_single_video(value) -> bool:
+    """What `HicomVideoProcessor` reads as one video: a path, a file object, an array/tensor ((T, H, W, C) usually), a
+    PIL image, or a list of frames (PIL images or (H, W[, C]) arrays)."""
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "read") or _is_array(value) or _is_pil(value):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_frame(frame) for frame in value)
+
+
+def _is_single_image(value) -> bool:
+    """A path or URL, a PIL image, or an (H, W[, C]) array/tensor."""
+    return isinstance(value, (str, os.PathLike)) or _is_frame(value)
+
+
+def _flatten_visuals(value, is_single, counts: list[int], name: str) -> list:
+    """One flat list, in order of appearance, from a single input, a flat list, or one list per prompt."""
+    if is_single(value):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"`{name}` must be one {name[:-1]}, a list of them, or one list per prompt; got {type(value).__name__}.")
+    if all(is_single(item) for item in value):
+        return list(value)
+    if all(isinstance(item, (list, tuple)) and all(is_single(sub) for sub in item) for item in value):
+        per_prompt = [len(item) for item in value]
+        if per_prompt != counts:
+            raise ValueError(
+                f"`{name}` is given per prompt ({per_prompt}) but the prompts have {counts} "
+                f"`{name[:-1]}` placeholders."
+            )
+        return [sub for item in value for sub in item]
+    raise TypeError(
+        f"Could not read `{name}`: expected one {name[:-1]}, a flat list, or one list per prompt. A video is a path, a "
+        "file object, a (T, H, W, 3) array/tensor or a list of frames; an image is a path, a PIL image or an (H, W, 3) "
+        "array/tensor."
+    )
+
+
+def _count_per_row(input_ids, token_id: int) -> list[int]:
+    if isinstance(input_ids, torch.Tensor):
+        return (input_ids == token_id).sum(-1).reshape(-1).tolist()
+    if isinstance(input_ids, np.ndarray):
+        return (input_ids == token_id).sum(-1).reshape(-1).tolist()
+    return [list(row).count(token_id) for row in input_ids]
+
+
+_TOKENIZER_KWARGS = (
+    "add_special_tokens",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "padding_side",
+    "return_attention_mask",
+    "return_token_type_ids",
+    "return_offsets_mapping",
+    "return_length",
+    "verbose",
+)
+
+
+class HicomProcessor(ProcessorMixin):
+    r"""
+    Builds HICom inputs: the Qwen2 prompt with expanded placeholders, the video/image pixels, and the instruction for the
+    SigLIP text tower.
+
+    Args:
+        tokenizer: the LLM's tokenizer; `video_token` and `image_token` must be single (special) tokens in it.
+        instruct_tokenizer: the SigLIP text tokenizer of the instruction encoder (saved in the `instruct_tokenizer/`
+            subfolder).
+        video_processor: a `HicomVideoProcessor` (frame sampling and SigLIP preprocessing; also used for images).
+        chat_template (`str`, defaults to `HICOM_CHAT_TEMPLATE`): Qwen2.5 ChatML; video blocks render as `"<video>\n"`.
+        video_token / image_token (`str`): placeholders in the prompt.
+        temporal_kernel / spatial_kernel / num_global_queries: the compressor's settings (the model config's
+            `local_temporal_kernel`, `local_spatial_kernel`, `num_global_queries`); they fix the token count.
+        instruct_max_length (`int`, defaults to 64): instruction length (SigLIP pools the last position, so
+            instructions are padded to it).
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        instruct_tokenizer=None,
+        video_processor=None,
+        chat_template=None,
+        video_token=VIDEO_TOKEN,
+        image_token=IMAGE_TOKEN,
+        temporal_kernel=4,
+        spatial_kernel=3,
+        num_global_queries=32,
+        instruct_max_length=64,
+    ):
+        for name, value in (("temporal_kernel", temporal_kernel), ("spatial_kernel", spatial_kernel),
+                            ("instruct_max_length", instruct_max_length)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if not isinstance(num_global_queries, int) or num_global_queries < 0:
+            raise ValueError(f"`num_global_queries` must be a non-negative integer, got {num_global_queries!r}.")
+        self.video_token = video_token
+        self.image_token = image_token
+        self.temporal_kernel = temporal_kernel
+        self.spatial_kernel = spatial_kernel
+        self.num_global_queries = num_global_queries
+        self.instruct_max_length = instruct_max_length
+        super().__init__(
+            tokenizer, instruct_tokenizer, video_processor, chat_template=chat_template or HICOM_CHAT_TEMPLATE
+        )
+        for name, token in (("video_token", video_token), ("image_token", image_token)):
+            if token not in tokenizer.get_vocab():
+                raise ValueError(
+                    f"`{name}` {token!r} is not a token of the LLM tokenizer: add it with "
+                    f"`tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})` (and resize the "
+                    "model's embeddings), or build the processor with `HicomProcessor.from_components`."
+                )
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        """Type-check the video processor ourselves: transformers' lookup goes through `AutoVideoProcessor`'s mapping,
+        a placeholder that raises when torchvision is missing (it has no CPU build here). Checked by name: loaded as
+        remote code, the class lives in a dynamic module, not in our import of `video_processing_hicom`."""
+        if argument_name == "video_processor":
+            if not any(cls.__name__ == "HicomVideoProcessor" for cls in type(argument).__mro__):
+                raise TypeError(f"`video_processor` must be a HicomVideoProcessor, got {type(argument).__name__}.")
+            return type(argument)
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Load the video processor as this file's sibling class. `AutoVideoProcessor` would need torchvision's mapping,
+        and would ask again to trust the folder's code although this very code is already the one running."""
+        from .video_processing_hicom import HicomVideoProcessor
+
+        subfolder = kwargs.pop("subfolder", "")
+        tokenizers = [
+            cls._load_tokenizer_from_pretrained(name, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+            for name in ("tokenizer", "instruct_tokenizer")
+        ]
+        kwargs.pop("trust_remote_code", None)
+        video_processor = HicomVideoProcessor.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return [*tokenizers, video_processor]
+
+    @property
+    def video_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.video_token)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [
+            "input_ids",
+            "attention_mask",
+            "pixel_values_videos",
+            "video_num_frames",
+            "instruct_input_ids",
+            "instruct_attention_mask",
+            "pixel_values",
+            "image_instruct_input_ids",
+            "image_instruct_attention_mask",
+        ]
+
+    # --- token budget ----------------------------------------------------------------------------------------------
+    def _patch_grid(self) -> tuple[int, int]:
+        size, patch = self.video_processor.size, self.video_processor.patch_size
+        return size["height"] // patch, size["width"] // patch
+
+    def num_video_tokens(self, num_frames: int) -> int:
+        """LLM positions one video of `num_frames` frames takes: local grid `ceil(T/kt) x ceil(P/ks)^2` + global queries.
+
+        `kt` is 1 for a single frame (images), as in the model. Released settings, 32 frames: 8*9*9 + 32 = 680.
+        """
+        num_frames = self._check_num_frames(num_frames)
+        kt = 1 if num_frames == 1 else self.temporal_kernel
+        rows, cols = self._patch_grid()
+        ks = self.spatial_kernel
+        return math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) + self.num_global_queries
+
+    def num_raw_tokens(self, num_frames: int) -> int:
+        """SigLIP patch tokens of `num_frames` frames without compression (32 frames at 384 px: 23,328)."""
+        rows, cols = self._patch_grid()
+        return self._check_num_frames(num_frames) * rows * cols
+
+    @staticmethod
+    def _check_num_frames(num_frames) -> int:
+        if isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1:
+            num_frames = num_frames.item()
+        if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+            raise ValueError(f"`num_frames` must be a positive integer, got {num_frames!r}.")
+        return int(num_frames)
+
+    # --- instructions ----------------------------------------------------------------------------------------------
+    def extract_instruction(self, prompt: str) -> str:
+        """The default instruction for the videos/images of `prompt` (see the module-level `extract_instruction`)."""
+        return extract_instruction(prompt, self.video_token, self.image_token)
+
+    def _resolve_instructions(self, instructions, text: list[str], kinds: list[list[str]]) -> list[str]:
+        """One instruction per placeholder, in order of appearance across the prompts."""
+        num_visuals = sum(len(k) for k in kinds)
+        if instructions is None:
+            return [self.extract_instruction(prompt) for prompt, k in zip(text, kinds) for _ in k]
+        if isinstance(instructions, str):
+            return [instructions] * num_visuals
+        if not isinstance(instructions, (list, tuple)) or not all(isinstance(i, str) for i in instructions):
+            raise TypeError("`instructions` must be a string or a list of strings.")
+        if len(instructions) == num_visuals:
+            return list(instructions)
+        if len(instructions) == len(text):
+            return [instruction for instruction, k in zip(instructions, kinds) for _ in k]
+        raise ValueError(
+            f"`instructions` has {len(instructions)} entries: give one per video/image placeholder ({num_visuals}) "
+            f"or one per prompt ({len(text)})."
+        )
+
+    def tokenize_instructions(self, instructions: list[str], return_tensors="pt") -> BatchFeature:
+        """Instruction tokens as the reference makes them: padded to `instruct_max_length`, truncated beyond it.
+
+        An empty instruction is allowed: it tokenizes to the end-of-sequence token alone, whose embedding is a fixed,
+        question-independent query, so the compression no longer depends on the question.
+        """
+        lengths = [len(ids) for ids in self.instruct_tokenizer(list(instructions))["input_ids"]]
+        if any(length > self.instruct_max_length for length in lengths):
+            logger.warning_once(
+                f"An instruction is longer than {self.instruct_max_length} SigLIP tokens and was truncated; pass a "
+                "shorter `instructions=` to choose what conditions the compression."
+            )
+        return self.instruct_tokenizer(
+            list(instructions),
+            padding="max_length",
+            truncation=True,
+            max_length=self.instruct_max_length,
+            return_tensors=return_tensors,
+        )
+
+    # --- main entry --------------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        text=None,
+        videos=None,
+        images=None,
+        instructions=None,
+        num_frames=None,
+        fps=None,
+        start=None,
+        end=None,
+        max_frames=None,
+        padding=None,
+        return_tensors="pt",
+        return_metadata=False,
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize prompts, load and preprocess videos/images, and tokenize one instruction per video/image.
+
+        Args:
+            text: a prompt or a list of prompts, with one `<video>` (`<image>`) placeholder per video (image).
+            videos: one video, a flat list (in order of appearance across prompts) or one list per prompt. A video is a
+                path, a file object, a (T, H, W, 3) uint8 array/tensor or a list of frames.
+            images: likewise; an image is a path/URL, a PIL image or an (H, W, 3) uint8 array/tensor.
+            instructions: what conditions the compression; by default taken from each prompt's (last) user text, see
+                `extract_instruction`. A string (all placeholders), one per placeholder in order of appearance, or one
+                per prompt.
+            num_frames / fps / start / end / max_frames: frame sampling, passed to the video processor (`num_frames`
+                and `fps` are exclusive).
+            padding: tokenizer padding; default `True` for several prompts. The side is `tokenizer.padding_side` (set
+                it to `"left"` for batched generation).
+            return_metadata: also return `video_metadata` (sampled indices, timestamps...) per video.
+            kwargs: tokenizer options (`add_special_tokens`, `truncation`, `max_length`, ...).
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask`; with videos `pixel_values_videos` (sum T_i, 3, S, S),
+            `video_num_frames` (num_videos,), `instruct_input_ids` / `instruct_attention_mask` (num_videos,
+            instruct_max_length); with images `pixel_values` (num_images, 3, S, S), `image_instruct_input_ids` /
+            `image_instruct_attention_mask`.
+        """
+        # Set by `ProcessorMixin.apply_chat_template`; HICom always samples frames, and has no audio.
+        kwargs.pop("do_sample_frames", None)
+        if kwargs.pop("audio", None) is not None:
+            raise ValueError("HICom takes no `audio`.")
+        unexpected = sorted(set(kwargs) - set(_TOKENIZER_KWARGS))
+        if unexpected:
+            raise TypeError(f"HicomProcessor got unexpected arguments: {unexpected}.")
+        if text is None:
+            raise ValueError("`text` is required: the prompt holds the `<video>`/`<image>` placeholders and the question.")
+        if isinstance(text, str):
+            text = [text]
+        elif not (isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text)):
+            raise TypeError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}.")
+        text = list(text)
+        if num_frames is not None and fps is not None:
+            raise ValueError("Give either `num_frames` or `fps`, not both.")
+
+        placeholder = re.compile(f"{re.escape(self.video_token)}|{re.escape(self.image_token)}")
+        kinds = [["video" if m == self.video_token else "image" for m in placeholder.findall(t)] for t in text]
+        video_counts = [k.count("video") for k in kinds]
+        image_counts = [k.count("image") for k in kinds]
+        flat_videos = self._visual_list(videos, _is_single_video, video_counts, "videos")
+        flat_images = self._visual_list(images, _is_single_image, image_counts, "images")
+        instruction_texts = self._resolve_instructions(instructions, text, kinds)
+
+        data = {}
+        tokens_per_visual = {"video": [], "image": []}  # LLM positions of each video / image, in order
+        if flat_videos:
+            video_inputs = self.video_processor(
+                flat_videos,
+                num_frames=num_frames,
+                fps=fps,
+                start=start,
+                end=end,
+                max_frames=max_frames,
+                return_tensors="pt",
+                return_metadata=return_metadata,
+            )
+            tokens_per_visual["video"] = [self.num_video_tokens(int(n)) for n in video_inputs["video_num_frames"]]
+            data["pixel_values_videos"] = video_inputs["pixel_values_videos"]
+            data["video_num_frames"] = video_inputs["video_num_frames"]
+            if return_metadata:
+                data["video_metadata"] = video_inputs["video_metadata"]
+        if flat_images:
+            data["pixel_values"] = torch.cat([self._preprocess_image(image) for image in flat_images])
+            tokens_per_visual["image"] = [self.num_video_tokens(1)] * len(flat_images)
+
+        flat_kinds = [kind for row in kinds for kind in row]
+        for kind, prefix in (("video", ""), ("image", "image_")):
+            selected = [instruction for instruction, k in zip(instruction_texts, flat_kinds) if k == kind]
+            if selected:
+                tokens = self.tokenize_instructions(selected, return_tensors)
+                data[f"{prefix}instruct_input_ids"] = tokens["input_ids"]
+                data[f"{prefix}instruct_attention_mask"] = tokens["attention_mask"]
+
+        counts = {kind: iter(values) for kind, values in tokens_per_visual.items()}
+        expected = {"video": [0] * len(text), "image": [0] * len(text)}
+        expanded = []
+        for row, prompt in enumerate(text):
+
+            def expand(match, row=row):
+                kind = "video" if match.group() == self.video_token else "image"
+                count = next(counts[kind])
+                expected[kind][row] += count
+                return match.group() * count
+
+            expanded.append(placeholder.sub(expand, prompt))
+        if padding is None:
+            padding = len(text) > 1
+        text_inputs = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
+        for kind, token_id in (("video", self.video_token_id), ("image", self.image_token_id)):
+            found = _count_per_row(text_inputs["input_ids"], token_id)
+            if found != expected[kind]:
+                # Truncation, or a placeholder that is not a single token, would misalign the visual tokens.
+                raise ValueError(
+                    f"Expected {expected[kind]} {kind} tokens per prompt after expansion, the tokenizer produced "
+                    f"{found}: do not truncate prompts with visual inputs, and keep `{kind}_token` a special token."
+                )
+        return BatchFeature({**text_inputs, **data}, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def _preprocess_image(self, image) -> torch.Tensor:
+        """An image is a one-frame video: `(1, 3, S, S)`. Paths and URLs go through transformers' image loader."""
+        if isinstance(image, (str, os.PathLike)):
+            from transformers.image_utils import load_image
+
+            image = load_image(str(image))
+        pixels = self.video_processor.preprocess_frames(image)
+        if pixels.shape[0] != 1:
+            raise ValueError(f"An image must be one (H, W[, C]) frame, got {tuple(image.shape)}.")
+        return pixels
+
+    @staticmethod
+    def _visual_list(value, is_single, counts: list[int], name: str) -> list:
+        kind = name[:-1]
+        if value is None:
+            if sum(counts):
+                raise ValueError(f"The prompts have {sum(counts)} `<{kind}>` placeholders but no `{name}` were given.")
+            return []
+        flat = _flatten_visuals(value, is_single, counts, name)
+        if len(flat) != sum(counts):
+            raise ValueError(
+                f"The prompts have {sum(counts)} {kind} placeholders but {len(flat)} {name} were given: put one "
+                f"placeholder in the text per {kind}."
+            )
+        return flat
+
+    # --- chat ----------------------------------------------------------------------------------------------------------
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template=None,
+        num_frames=None,
+        fps=None,
+        start=None,
+        end=None,
+        max_frames=None,
+        instructions=None,
+        processor_kwargs=None,
+        **kwargs,
+    ):
+        """`ProcessorMixin.apply_chat_template`, with HICom's sampling and instruction arguments taken directly.
+
+        Video blocks may name the video with `path`, `url` (local path) or `video` (path, array or frames); with
+        `tokenize=True` they are loaded by this processor's video processor, sampled with `num_frames`/`fps`.
+        """
+        processor_kwargs = dict(processor_kwargs or {})
+        for name, value in (("num_frames", num_frames), ("fps", fps), ("start", start), ("end", end),
+                            ("max_frames", max_frames), ("instructions", instructions)):
+            if value is not None:
+                processor_kwargs[name] = value
+        return super().apply_chat_template(
+            conversation, chat_template=chat_template, processor_kwargs=processor_kwargs, **kwargs
+        )
+
+    # --- construction ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls,
+        tokenizer,
+        instruct_tokenizer_path=None,
+        *,
+        instruct_tokenizer=None,
+        config=None,
+        num_frames=32,
+        video_processor=None,
+        chat_template=None,
+    ) -> "HicomProcessor":
+        """Assemble a processor from an LLM tokenizer and a SigLIP folder (what the converter does).
+
+        Args:
+            tokenizer: the LLM tokenizer or its folder. `<video>`/`<image>` are added as special tokens when missing; with
+                `config`, their ids must equal `config.video_token_id` / `config.image_token_id`.
+            instruct_tokenizer_path: the SigLIP folder (tokenizer files; its `config.json` and `preprocessor_config.json`
+                give the frame size and normalization when present). Or pass `instruct_tokenizer=`.
+            config: a `HicomConfig`; its compressor fields, instruction length and vision image/patch size are used.
+            num_frames: default frames per video of the video processor.
+            video_processor: use this instead of building a `HicomVideoProcessor`.
+        """
+        if (instruct_tokenizer is None) == (instruct_tokenizer_path is None):
+            raise ValueError("Give exactly one of `instruct_tokenizer_path` and `instruct_tokenizer`.")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        missing = [token for token in (VIDEO_TOKEN, IMAGE_TOKEN) if token not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if config is not None:
+            for token, expected in ((VIDEO_TOKEN, config.video_token_id), (IMAGE_TOKEN, config.image_token_id)):
+                if tokenizer.convert_tokens_to_ids(token) != expected:
+                    raise ValueError(
+                        f"{token} has id {tokenizer.convert_tokens_to_ids(token)} in the tokenizer but "
+                        f"{expected} in the model config."
+                    )
+
+        siglip = {}
+        if instruct_tokenizer is None:
+            folder = Path(instruct_tokenizer_path)
+            instruct_tokenizer = AutoTokenizer.from_pretrained(folder)
+            for name in ("config.json", "preprocessor_config.json"):
+                if (folder / name).is_file():
+                    siglip[name] = json.loads((folder / name).read_text())
+
+        if video_processor is None:
+            from .video_processing_hicom import HicomVideoProcessor
+
+            vision = siglip.get("config.json", {}).get("vision_config", {})
+            image_size = config.vision_config.image_size if config is not None else vision.get("image_size", 384)
+            patch_size = config.vision_config.patch_size if config is not None else vision.get("patch_size", 14)
+            normalization = {
+                key: siglip["preprocessor_config.json"][key]
+                for key in ("image_mean", "image_std")
+                if key in siglip.get("preprocessor_config.json", {})
+            }
+            video_processor = HicomVideoProcessor(
+                size={"height": image_size, "width": image_size},
+                patch_size=patch_size,
+                num_frames=num_frames,
+                **normalization,
+            )
+
+        settings = {}
+        if config is not None:
+            settings = {
+                "temporal_kernel": config.local_temporal_kernel,
+                "spatial_kernel": config.local_spatial_kernel,
+                "num_global_queries": config.num_global_queries,
+                "instruct_max_length": config.instruct_max_length,
+            }
+        return cls(tokenizer, instruct_tokenizer, video_processor, chat_template=chat_template, **settings)
+
+
+HicomProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["HICOM_CHAT_TEMPLATE", "HicomProcessor", "extract_instruction"]

@@ -1,0 +1,698 @@
+"""`HicomVideoProcessor`: HICom's frame sampling, exact seek-based decoding and SigLIP pixel preprocessing.
+
+Why a custom video processor rather than a transformers one:
+- The reference (DESIGN.md sec. 6) samples the *middle* of equal segments, pads each frame to a centred square of the
+  mean colour and resizes with PIL's bicubic filter. transformers' video processors sample and resize differently
+  (torchvision), so their pixels would not match what the model was trained on.
+- `transformers.BaseVideoProcessor` requires torchvision, which has no CPU build here; `VideoProcessorMixin` is its
+  torchvision-free half and still gives `save_pretrained` / `from_pretrained` / `register_for_auto_class`.
+- Decoding a whole file to keep 32 frames is wasteful on long videos. We demux once (no decoding) to learn every
+  frame's timestamp and the keyframes, then seek to the keyframe before each sampled frame and decode only from
+  there. The frames are bit-identical to those a full sequential decode gives; whenever that cannot be guaranteed
+  (no timestamps, a seek that lands elsewhere, a frame that never shows up) we fall back to sequential decoding.
+
+Remote code: this file is copied flat next to the model files, so it imports only numpy, torch, PIL and transformers
+(PyAV lazily, when a file is decoded).
+"""
+
+import bisect
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature
+from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class HicomVideoMetadata:
+    """Where the frames of one video came from, so that callers (e.g. a relevance map) can place them in time.
+
+    Attributes:
+        indices: presentation-order index, in the whole video, of each real (decoded, not padding) frame.
+        timestamps: seconds since the video's first frame, one per index; `None` for in-memory frames (no clock).
+        fps: the video's average frame rate (frames / duration); `None` for in-memory frames.
+        duration: seconds the video lasts, last frame included; `None` for in-memory frames.
+        total_num_frames: decodable frames in the whole video (not only in `[start, end)`).
+        padded_frames: black frames appended after the real ones to reach `num_frames` (the reference's padding).
+        height, width: size of the original frames.
+    """
+
+    indices: list[int]
+    timestamps: list[float] | None
+    fps: float | None
+    duration: float | None
+    total_num_frames: int
+    padded_frames: int
+    height: int
+    width: int
+
+
+# --- Frame selection --------------------------------------------------------------------------------------------------
+def uniform_indices(num_available: int, num_frames: int) -> list[int]:
+    """The reference's "segment middle" sampling: the middle of each of `num_frames` equal segments of `[0, N-1]`.
+
+    `seg = (N-1)/n; idx_i = round((i+0.5)*seg + 1e-6)` (the `1e-6` makes exact halves round up, as the reference does).
+    With `N <= n` every frame is taken once (the caller pads): for `N < n` the formula would repeat frames.
+    """
+    if num_available <= num_frames:
+        return list(range(num_available))
+    segment = (num_available - 1) / num_frames
+    return [round((i + 0.5) * segment + 1e-6) for i in range(num_frames)]
+
+
+def _check_sampling(num_frames, fps, start, end, max_frames) -> None:
+    """Raise a clear error for impossible sampling arguments before any file is opened."""
+    if num_frames is not None and fps is not None:
+        raise ValueError("Give either `num_frames` or `fps`, not both.")
+    for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    for name, value in (("fps", fps), ("start", start), ("end", end)):
+        if value is None:
+            continue
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a number of {'frames per second' if name == 'fps' else 'seconds'}, "
+                            f"got {type(value).__name__}.")
+        if not math.isfinite(value) or value < 0 or (name == "fps" and value == 0):
+            bound = "> 0" if name == "fps" else ">= 0"
+            raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
+    if end is not None and end <= (start or 0):
+        raise ValueError(f"`end` ({end}) must be greater than `start` ({start or 0}).")
+
+
+def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames):
+    """`(indices, padded_frames)`: which frames of the video to keep, and how many black frames to append.
+
+    `[start, end)` keeps the frames *shown* during the span (frame i is on screen from `t_i` to `t_{i+1}`), so a span
+    shorter than a frame still holds one. `fps` samples at times `start + k/fps` (nearest frame, repeats dropped).
+    Neither `num_frames` nor `fps`: every frame of the span. `max_frames` caps the count with the same segment-middle
+    rule. Only `num_frames` pads.
+    """
+    first, stop = 0, num_available
+    if timestamps is None and (fps is not None or start is not None or end is not None):
+        raise ValueError("`fps`, `start` and `end` need frame timestamps; in-memory frames have none: sample them "
+                         "with `num_frames`.")
+    if start is not None or end is not None:
+        start = start or 0.0
+        if start >= duration:
+            raise ValueError(f"`start` ({start} s) is beyond the end of the video ({duration:.3f} s).")
+        first = max(bisect.bisect_right(timestamps, start) - 1, 0)
+        if end is not None:
+            stop = bisect.bisect_left(timestamps, end)
+    span = list(range(first, stop))
+    if fps is not None:
+        span_start = timestamps[first] if start is None else start
+        span_end = duration if end is None else min(end, duration)
+        chosen = []
+        for k in range(math.ceil((span_end - span_start) * fps - 1e-9)):
+            time = span_start + k / fps
+            i = bisect.bisect_left(timestamps, time, first, stop)
+            if i == stop or (i > first and time - timestamps[i - 1] <= timestamps[i] - time):
+                i -= 1
+            if not chosen or chosen[-1] != i:
+                chosen.append(i)
+        span = chosen or [first]
+    limit = num_frames
+    if max_frames is not None:
+        limit = max_frames if limit is None else min(limit, max_frames)
+    if limit is not None and len(span) > limit:
+        span = [span[i] for i in uniform_indices(len(span), limit)]
+    return span, (limit - len(span) if num_frames is not None else 0)
+
+
+# --- In-memory frames -------------------------------------------------------------------------------------------------
+def _is_pil(value) -> bool:
+    return isinstance(value, Image.Image)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor))
+
+
+def _is_frame(value) -> bool:
+    """One frame inside a list: a PIL image or an (H, W) / (H, W, C) array."""
+    return _is_pil(value) or (_is_array(value) and value.ndim in (2, 3))
+
+
+def _is_file(value) -> bool:
+    return hasattr(value, "read")
+
+
+def _as_numpy(array, name: str) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        if array.is_complex():
+            raise TypeError(f"`{name}` must hold uint8, uint16 or float pixels, got a {array.dtype} tensor.")
+        array = array.detach().cpu()
+        array = (array.float() if array.dtype in (torch.bfloat16, torch.float16) else array).numpy()
+    return np.asarray(array)
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values as uint8. Rules, by dtype: uint8 as is; uint16 is a 16-bit range, scaled with rounding
+    (`x * 255 / 65535`); other integers must already lie in [0, 255]; floats must lie in [0, 1] (the usual convention
+    for float images; a [0, 255] float frame is rejected rather than guessed, cast it to uint8) and are rounded from
+    `x * 255`; NaN/inf, booleans, complex, object and string arrays are errors."""
+    kind = array.dtype.kind
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(f"`{name}`: {array.dtype} pixels must lie in [0, 255] (uint16 is read as 16-bit), got "
+                             f"values in [{array.min()}, {array.max()}].")
+        return array.astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"`{name}` contains NaN or infinite pixel values.")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"`{name}`: float pixels must lie in [0, 1], got values in [{array.min():g}, "
+                             f"{array.max():g}]; cast 0-255 frames to uint8.")
+        return np.rint(array.astype(np.float64) * 255).astype(np.uint8)
+    raise TypeError(f"`{name}` must hold uint8, uint16 or float pixels, got dtype {array.dtype}.")
+
+
+def _to_rgb(frames: np.ndarray, name: str) -> np.ndarray:
+    """(T, H, W, C) -> (T, H, W, 3): grayscale (C=1) is replicated, RGBA (C=4) loses its alpha as in PIL's
+    `convert("RGB")`."""
+    channels = frames.shape[-1]
+    if channels == 3:
+        return frames
+    if channels == 1:
+        return np.repeat(frames, 3, axis=-1)
+    if channels == 4:
+        return frames[..., :3]
+    raise ValueError(f"`{name}`: frames must have 1, 3 or 4 channels last (T, H, W, C), got shape {frames.shape}.")
+
+
+def _pil_frame(image: Image.Image, name: str) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8; 16-bit and float modes keep their range through `_to_uint8`."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"`{name}`: 32-bit integer image values must lie in [0, 65535].")
+        return np.repeat(_to_uint8(array.astype(np.uint16), name)[..., None], 3, axis=-1)
+    if image.mode == "F":
+        return np.repeat(_to_uint8(np.asarray(image), name)[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
+def frames_to_uint8(video, name: str = "videos") -> np.ndarray:
+    """In-memory frames as a `(T, H, W, 3)` uint8 array.
+
+    Accepted: a `(T, H, W, C)` array/tensor; a 3-D array, read as one `(H, W, C)` frame when its last axis is 1, 3 or 4
+    and as a grayscale `(T, H, W)` clip otherwise; an `(H, W)` grayscale frame; a list of PIL images or of `(H, W)` /
+    `(H, W, C)` arrays, all the same size. Channels last only (a channels-first tensor would be ambiguous with a
+    narrow frame). Pixel dtypes: see `_to_uint8`; channels: see `_to_rgb`.
+    """
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise ValueError(f"`{name}`: a video given as a list of frames needs at least one frame.")
+        frames = []
+        for frame in video:
+            if _is_pil(frame):
+                frames.append(_pil_frame(frame, name))
+                continue
+            if not _is_frame(frame):
+                raise TypeError(f"`{name}`: a list of frames must hold PIL images or (H, W[, C]) arrays, got "
+                                f"{type(frame).__name__}{f' of shape {tuple(frame.shape)}' if _is_array(frame) else ''}.")
+            array = _as_numpy(frame, name)
+            array = array[..., None] if array.ndim == 2 else array
+            frames.append(_to_rgb(_to_uint8(array, name)[None], name)[0])
+        if len({frame.shape for frame in frames}) > 1:
+            raise ValueError(f"`{name}`: all frames of a video must have the same size, got "
+                             f"{sorted({frame.shape[:2] for frame in frames})}.")
+        array = np.stack(frames)
+    elif _is_pil(video):
+        array = _pil_frame(video, name)[None]
+    elif _is_array(video):
+        array = _as_numpy(video, name)
+        if array.ndim == 2:
+            array = array[None, ..., None]
+        elif array.ndim == 3:
+            array = array[None] if array.shape[-1] in (1, 3, 4) else array[..., None]
+        elif array.ndim != 4:
+            raise ValueError(f"`{name}`: a video array must be (T, H, W, C), (H, W, C), (T, H, W) or (H, W); got "
+                             f"{array.ndim} dimensions {tuple(array.shape)}.")
+        if array.dtype.kind not in "uif":
+            raise TypeError(f"`{name}` must hold uint8, uint16 or float pixels, got dtype {array.dtype}.")
+        array = _to_rgb(array, name)
+        array = _to_uint8(array, name)
+    else:
+        raise TypeError(f"`{name}`: expected frames (array, tensor, PIL image or list of them), got "
+                        f"{type(video).__name__}.")
+    if 0 in array.shape:
+        raise ValueError(f"`{name}`: a video needs at least one non-empty frame, got shape {array.shape}.")
+    return np.ascontiguousarray(array)
+
+
+def make_batched_videos(videos, name: str = "videos") -> list:
+    """Split `videos` into a list of single videos.
+
+    One video: a path (str / os.PathLike), a binary file object, an array/tensor, a PIL image, or a list whose items
+    are all *frames* (PIL images or arrays with 2 or 3 dimensions). Anything else that is a list is a batch, each item
+    one video as above (so a batch of single-frame videos is a list of `(1, H, W, 3)` arrays or of one-frame lists, and
+    a batch of grayscale clips a list of `(T, H, W, 1)` arrays: 3-D arrays inside a list are frames).
+    """
+    def is_video(value):
+        return (isinstance(value, (str, os.PathLike)) or _is_file(value) or _is_array(value) or _is_pil(value)
+                or (isinstance(value, (list, tuple)) and bool(value) and all(_is_frame(f) for f in value)))
+
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError(f"`{name}` is an empty list.")
+        if all(_is_frame(item) for item in videos):
+            return [list(videos)]
+        bad = [type(item).__name__ for item in videos if not is_video(item)]
+        if bad:
+            raise TypeError(f"`{name}`: each video must be a path, a binary file object, a (T, H, W, C) array/tensor "
+                            f"or a non-empty list of frames; got {', '.join(sorted(set(bad)))}.")
+        return list(videos)
+    if is_video(videos):
+        return [videos]
+    raise TypeError(f"`{name}` must be a path, a binary file object, a (T, H, W, C) array/tensor, a list of frames or "
+                    f"a list of such videos; got {type(videos).__name__}.")
+
+
+# --- Decoding ---------------------------------------------------------------------------------------------------------
+class _SeekFailed(Exception):
+    """The seek-based path could not guarantee the frames of a sequential decode: decode sequentially instead."""
+
+
+# FFmpeg renders text files (.txt, .nfo, .ans...) as "ANSI art" video streams with these codecs.
+_TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
+
+
+class _Source:
+    """A video file or binary file object that can be opened again (the sequential fallback needs a fresh demuxer)."""
+
+    def __init__(self, video):
+        if isinstance(video, (str, os.PathLike)):
+            path = os.fspath(video)
+            self.name = repr(path)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"`videos`: no such file: {path!r}.")
+            if os.path.isdir(path):
+                raise ValueError(f"`videos`: {path!r} is a directory, not a video file.")
+            if os.path.getsize(path) == 0:
+                raise ValueError(f"`videos`: {path!r} is an empty file.")
+            self.path, self.file = path, None
+            return
+        if isinstance(video, io.TextIOBase):
+            raise TypeError("`videos`: a file object must be opened in binary mode ('rb').")
+        self.name = repr(getattr(video, "name", None) or f"<{type(video).__name__}>")
+        seekable = getattr(video, "seekable", None)
+        if not (callable(seekable) and seekable()):
+            video = io.BytesIO(video.read())
+        self.path, self.file, self.offset = None, video, video.tell()
+
+    def open(self):
+        import av
+
+        if self.file is not None:
+            self.file.seek(self.offset)
+        try:
+            container = av.open(self.path if self.file is None else self.file, mode="r")
+        except av.FFmpegError as error:
+            raise ValueError(f"`videos`: {self.name} is not a readable video file ({error}).") from error
+        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not streams:
+            container.close()
+            raise ValueError(f"`videos`: {self.name} has no video stream.")
+        stream = streams[0]
+        if stream.codec_context.name in _TEXT_ART_CODECS:
+            container.close()
+            raise ValueError(f"`videos`: {self.name} is a text file, not a video.")
+        stream.codec_context.thread_type = "AUTO"  # frame threading is bit-exact in FFmpeg
+        return container, stream
+
+
+@dataclass
+class _Timeline:
+    """The video's frames in presentation order: their timestamps (seconds from the first frame) and the duration."""
+
+    timestamps: list[float] | None
+    duration: float | None
+
+    @classmethod
+    def from_pts(cls, pts: list, time_base, rate) -> "_Timeline":
+        """Timestamps from pts; a missing pts falls back to `index / rate`, and without a rate there is no clock.
+        The last frame lasts the median frame interval (1/rate for a single frame)."""
+        if pts and None not in pts and time_base is not None:
+            times = [float((p - pts[0]) * time_base) for p in pts]
+        elif rate:
+            times = [i / float(rate) for i in range(len(pts))]
+        else:
+            return cls(None, None)
+        intervals = np.diff(times)
+        last = float(np.median(intervals)) if len(intervals) else (1 / float(rate) if rate else 0.0)
+        return cls(times, times[-1] + last)
+
+
+@dataclass
+class _PacketIndex:
+    """Every frame's pts in presentation order and the keyframes' (pts, dts), from a demux pass without decoding."""
+
+    pts: list[int]
+    keyframes: list[tuple[int, int | None]]
+
+    def keyframe_before(self, pts: int) -> tuple[int, int | None]:
+        """The last keyframe (by pts) at or before `pts`: decoding from it yields the frame at `pts`."""
+        return self.keyframes[bisect.bisect_right([key for key, _ in self.keyframes], pts) - 1]
+
+
+def _index_packets(container, stream) -> _PacketIndex | None:
+    """Demux the video stream once (cheap: no decoding). `None` when the packets cannot predict a sequential decode
+    exactly: a missing or repeated pts, a corrupt packet, or a stream that does not start with a keyframe preceding
+    every frame (frames before it may be dropped by the decoder)."""
+    packets = []
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:  # flush markers; frames the decoder drops (edit lists)
+            continue
+        if packet.pts is None or packet.is_corrupt:
+            return None
+        packets.append((packet.pts, packet.dts, packet.is_keyframe))
+    if not packets or not packets[0][2]:
+        return None
+    pts = sorted(p for p, _, _ in packets)
+    if len(set(pts)) != len(pts) or pts[0] < packets[0][0]:
+        return None
+    return _PacketIndex(pts, sorted(((p, d) for p, d, key in packets if key), key=lambda k: k[0]))
+
+
+def _frames_after_seek(container, stream, keyframe: tuple[int, int | None]):
+    """Decoded frames from the keyframe `(pts, dts)` on. Seeks by pts, or by dts when the demuxer lands after the
+    keyframe (demuxers index by either); landing on an earlier keyframe is only slower."""
+    for target in dict.fromkeys(t for t in keyframe if t is not None):
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+        first = next((p for p in packets if p.size), None)
+        if first is not None and first.is_keyframe and first.pts is not None and first.pts <= keyframe[0]:
+            break
+    else:
+        raise _SeekFailed(f"seeking to pts {keyframe[0]} did not land on a keyframe at or before it")
+    yield from first.decode()
+    for packet in packets:
+        yield from packet.decode()
+
+
+def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
+    """RGB frames at the sorted pts `wanted`. Seeks to the keyframe before each frame, but keeps decoding forward
+    when that keyframe is not past what the decoder has already reached (re-seeking would only redo work)."""
+    import av
+
+    frames, decoded, position = {}, None, None
+    try:
+        for target in wanted:
+            keyframe = index.keyframe_before(target)
+            if decoded is None or keyframe[0] > position:
+                decoded = _frames_after_seek(container, stream, keyframe)
+            for frame in decoded:
+                if frame.pts is None:
+                    raise _SeekFailed("a decoded frame has no pts")
+                position = frame.pts
+                if frame.pts == target:
+                    frames[target] = frame.to_ndarray(format="rgb24")
+                    break
+                if frame.pts > target:
+                    raise _SeekFailed(f"the frame at pts {target} was not produced after seeking")
+            else:
+                raise _SeekFailed(f"the stream ended before the frame at pts {target}")
+    except av.FFmpegError as error:
+        raise _SeekFailed(str(error)) from error
+    return frames
+
+
+def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[int, np.ndarray]]:
+    """Decode every frame (this order of frames is the reference), keeping those whose presentation index is in
+    `keep`. Returns the pts of all frames and the kept RGB frames."""
+    import av
+
+    container, stream = source.open()
+    pts, kept = [], {}
+    try:
+        with container:
+            for i, frame in enumerate(container.decode(stream)):
+                pts.append(frame.pts)
+                if i in keep:
+                    kept[i] = frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as error:
+        raise ValueError(f"`videos`: could not decode {source.name} ({error}).") from error
+    return pts, kept
+
+
+def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
+    if len({frame.shape for frame in frames}) > 1:
+        raise ValueError(f"`videos`: the frame size of {name} changes mid-stream; HICom needs one size per video.")
+    return np.stack(frames)
+
+
+def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None):
+    """Sampled frames of one video and where they came from: `(frames (T, H, W, 3) uint8, HicomVideoMetadata)`.
+
+    Args:
+        video: a path or binary file object (decoded with PyAV), or in-memory frames (see `frames_to_uint8`).
+        num_frames: segment-middle sampling of this many frames over the clip (`uniform_indices`); shorter clips give
+            all their frames and `metadata.padded_frames` says how many black frames to append.
+        fps: instead, one frame every `1/fps` seconds (nearest frame; never more frames than the video has).
+        start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled.
+        max_frames: upper bound on the sampled frames (segment-middle subsampling).
+        Neither `num_frames` nor `fps`: every frame of the clip (up to `max_frames`).
+
+    Decoded frames equal, bit for bit, those of a full sequential decode at the same presentation indices.
+    """
+    _check_sampling(num_frames, fps, start, end, max_frames)
+    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames)
+    if not (isinstance(video, (str, os.PathLike)) or _is_file(video)):
+        frames = frames_to_uint8(video)
+        indices, padded = _select_frames(None, None, len(frames), **sampling)
+        return frames[indices], HicomVideoMetadata(indices, None, None, None, len(frames), padded, *frames.shape[1:3])
+
+    import av
+
+    source = _Source(video)
+    container, stream = source.open()
+    time_base, rate, announced = stream.time_base, stream.guessed_rate or stream.average_rate, stream.frames
+    indices, frames = [], None
+    try:
+        with container:
+            index = _index_packets(container, stream)
+            if index is None:
+                logger.info(f"{source.name}: packet timestamps cannot locate frames; decoding it sequentially.")
+            else:
+                pts = index.pts
+                timeline = _Timeline.from_pts(pts, time_base, rate)
+                indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
+                try:
+                    decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices])
+                    frames = [decoded[pts[i]] for i in indices]
+                except _SeekFailed as reason:
+                    logger.warning(f"Seeking in {source.name} failed ({reason}); decoding it sequentially instead.")
+    except av.FFmpegError as error:
+        raise ValueError(f"`videos`: could not read {source.name} ({error}).") from error
+
+    if frames is None:
+        pts, kept = _decode_sequentially(source, set(indices))
+        if not pts:
+            raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
+        timeline = _Timeline.from_pts(pts, time_base, rate)
+        indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
+        if any(i not in kept for i in indices):
+            _, kept = _decode_sequentially(source, set(indices))
+        frames = [kept[i] for i in indices]
+    if announced and len(pts) < announced:
+        logger.warning(f"{source.name} holds {len(pts)} frames but its header announces {announced}: truncated?")
+    frames = _stack(frames, source.name)
+    metadata = HicomVideoMetadata(
+        indices=indices,
+        timestamps=None if timeline.timestamps is None else [timeline.timestamps[i] for i in indices],
+        fps=len(pts) / timeline.duration if timeline.duration else None,
+        duration=timeline.duration,
+        total_num_frames=len(pts),
+        padded_frames=padded,
+        height=frames.shape[1],
+        width=frames.shape[2],
+    )
+    return frames, metadata
+
+
+# --- Processor --------------------------------------------------------------------------------------------------------
+class HicomVideoProcessorKwargs(TypedDict, total=False):
+    """Settings `from_pretrained(..., **kwargs)` may override (transformers reads them from `valid_kwargs`)."""
+
+    size: dict[str, int]
+    patch_size: int
+    image_mean: list[float]
+    image_std: list[float]
+    rescale_factor: float
+    resample: int
+    num_frames: int | None
+    max_frames: int | None
+    fps: float | None
+
+
+class HicomVideoProcessor(VideoProcessorMixin):
+    r"""
+    Samples, decodes and normalizes videos for HICom exactly as the reference does (DESIGN.md sec. 6); images are
+    one-frame videos (`preprocess_frames`).
+
+    Pixels: each frame is padded to a centred square of colour `int(255 * image_mean)` (127 for SigLIP), resized to
+    `size` with PIL's bicubic filter, rescaled by `rescale_factor` and normalized with `image_mean` / `image_std`.
+
+    Args:
+        size (`dict`, defaults to `{"height": 384, "width": 384}`): output frame size (an int means a square).
+        patch_size (`int`, defaults to 14): the vision tower's patch size (the processor counts tokens with it).
+        image_mean / image_std (`list[float]`, default `[0.5] * 3`): normalization, also the padding colour.
+        rescale_factor (`float`, defaults to 1/255).
+        resample (`int`, defaults to 3 = `PIL.Image.BICUBIC`).
+        num_frames (`int`, defaults to 32): frames per video by segment-middle sampling.
+        max_frames (`int`, *optional*): cap on the frames per video.
+        fps (`float`, *optional*): sample this many frames per second instead; a configured `fps` takes precedence
+            over the configured `num_frames` (call arguments override both).
+    """
+
+    model_input_names = ["pixel_values_videos", "video_num_frames"]
+    valid_kwargs = HicomVideoProcessorKwargs
+
+    def __init__(
+        self,
+        size=None,
+        patch_size=14,
+        image_mean=None,
+        image_std=None,
+        rescale_factor=1 / 255,
+        resample=3,
+        num_frames=32,
+        max_frames=None,
+        fps=None,
+        **kwargs,
+    ):
+        size = {"height": 384, "width": 384} if size is None else size
+        if isinstance(size, int):
+            size = {"height": size, "width": size}
+        if not (isinstance(size, dict) and set(size) == {"height", "width"} and all(
+                isinstance(v, int) and v > 0 for v in size.values())):
+            raise ValueError(f"`size` must be a positive int or {{'height': int, 'width': int}}, got {size!r}.")
+        image_mean = [0.5] * 3 if image_mean is None else image_mean
+        image_std = [0.5] * 3 if image_std is None else image_std
+        image_mean = [float(image_mean)] * 3 if isinstance(image_mean, (int, float)) else [float(m) for m in image_mean]
+        image_std = [float(image_std)] * 3 if isinstance(image_std, (int, float)) else [float(s) for s in image_std]
+        if len(image_mean) != 3 or len(image_std) != 3 or not all(s > 0 for s in image_std):
+            raise ValueError(f"`image_mean` / `image_std` need 3 values (std > 0), got {image_mean} / {image_std}.")
+        _check_sampling(num_frames, None, None, None, max_frames)
+        _check_sampling(None, fps, None, None, None)
+        super().__init__(**kwargs)
+        self.size = dict(size)
+        self.patch_size = patch_size
+        self.image_mean = image_mean
+        self.image_std = image_std
+        self.rescale_factor = rescale_factor
+        self.resample = int(resample)
+        self.num_frames = num_frames
+        self.max_frames = max_frames
+        self.fps = fps
+
+    def __call__(
+        self,
+        videos,
+        num_frames=None,
+        fps=None,
+        start=None,
+        end=None,
+        max_frames=None,
+        return_tensors="pt",
+        return_metadata=False,
+    ) -> BatchFeature:
+        """Sample, decode and preprocess one video or a batch (see `make_batched_videos` for what counts as which).
+
+        Args:
+            videos: a path, a binary file object, a `(T, H, W, C)` array/tensor, a list of frames, or a list of those.
+            num_frames / fps / start / end / max_frames: sampling, see `load_video`; `None` uses the configured
+                `num_frames` / `fps` / `max_frames`. Giving both `num_frames` and `fps` is an error.
+            return_tensors: `"pt"` (default) or `"np"`.
+            return_metadata: also return `video_metadata`, one `HicomVideoMetadata` per video.
+
+        Returns:
+            `BatchFeature` with `pixel_values_videos` float32 `(sum T_i, 3, H, W)` (all videos' frames, in order,
+            padding frames last within each video) and `video_num_frames` long `(num_videos,)`.
+        """
+        if num_frames is not None and fps is not None:
+            raise ValueError("Give either `num_frames` or `fps`, not both.")
+        if num_frames is None and fps is None:
+            num_frames, fps = (None, self.fps) if self.fps is not None else (self.num_frames, None)
+        max_frames = self.max_frames if max_frames is None else max_frames
+        _check_sampling(num_frames, fps, start, end, max_frames)
+
+        pixels, counts, metadata = [], [], []
+        for video in make_batched_videos(videos):
+            frames, meta = load_video(video, num_frames, fps, start, end, max_frames)
+            values = self.preprocess_frames(frames)
+            if meta.padded_frames:
+                values = torch.cat([values, self._padding_frame(meta.height, meta.width).expand(
+                    meta.padded_frames, -1, -1, -1)])
+            pixels.append(values)
+            counts.append(len(values))
+            metadata.append(meta)
+        data = {"pixel_values_videos": torch.cat(pixels), "video_num_frames": torch.tensor(counts, dtype=torch.long)}
+        if return_metadata:
+            data["video_metadata"] = metadata
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def to_dict(self) -> dict:
+        """transformers drops settings whose value is None; ours are kept, since `num_frames=None` ("every frame")
+        must not come back as the default 32 after `from_pretrained`."""
+        return {**{key: getattr(self, key) for key in self.valid_kwargs.__annotations__}, **super().to_dict()}
+
+    def preprocess(self, videos, **kwargs) -> BatchFeature:
+        """Same as calling the processor (transformers' processors call `preprocess`)."""
+        return self(videos, **kwargs)
+
+    def preprocess_frames(self, frames) -> torch.Tensor:
+        """Frames `(T, H, W, 3)` uint8 (or anything `frames_to_uint8` accepts) -> float32 `(T, 3, height, width)`.
+
+        PIL does the padding and the resize, one frame at a time, because the reference used PIL and a torch bicubic
+        differs from PIL's; the rescale and normalization are then one vectorized torch operation over all frames.
+        """
+        frames = frames_to_uint8(frames, "frames")
+        height, width = self.size["height"], self.size["width"]
+        fill = tuple(int(255 * m) for m in self.image_mean)
+        resized = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+        for i, frame in enumerate(frames):
+            square = _expand_to_square(Image.fromarray(frame), fill)
+            resized[i] = np.asarray(square.resize((width, height), resample=self.resample))
+        values = torch.from_numpy(resized).permute(0, 3, 1, 2).to(torch.float32) * self.rescale_factor
+        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((values - mean) / std).contiguous()
+
+    def _padding_frame(self, height: int, width: int) -> torch.Tensor:
+        """One preprocessed black padding frame. The reference builds it as `np.zeros((*last_frame.size, 3))` where
+        PIL's `size` is (width, height): the black frame is *transposed* (width rows, height columns), which changes
+        where the grey square padding goes. Reproduced so that the pixels match the reference."""
+        return self.preprocess_frames(np.zeros((1, width, height, 3), dtype=np.uint8))
+
+
+def _expand_to_square(image: Image.Image, fill: tuple) -> Image.Image:
+    """The reference's `expand2square`: centre the frame on a square canvas of colour `fill`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return canvas
+
+
+HicomVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+
+__all__ = ["HicomVideoMetadata", "HicomVideoProcessor", "frames_to_uint8", "load_video", "make_batched_videos",
+           "uniform_indices"]

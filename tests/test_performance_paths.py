@@ -1,0 +1,267 @@
+"""The memory- and speed-motivated paths compute exactly what the plain ones do.
+
+`get_video_features` compresses each chunk of frames as soon as the vision tower has encoded it (local cells per
+temporal window group, the global level by an online softmax), so the clip's features are never kept whole. These
+tests hold that streamed path to the whole-clip compressor (`encode_frames` + `HicomCompressor.forward`) and to a
+literal, unoptimized implementation of DESIGN.md, for every injection mode, at chunk sizes that split windows
+anywhere, including overlapping temporal windows (T=10, kt=4: frames 0-3, 3-6, 6-9) and batches whose chunks
+straddle videos.
+"""
+
+import math
+
+import pytest
+import torch
+from tiny_models import random_inputs, tiny_model
+
+from modeling_hicom.compressor_hicom import linear_taps, sincos_embedding_1d, window_index, window_starts
+
+ATOL = 1e-5
+MODES = {
+    "direct": {},
+    "coarse": dict(local_injection="coarse", global_injection="coarse"),
+    "off": dict(local_injection="off", global_injection="off"),
+    "coarse-adapters": dict(
+        local_injection="coarse", global_injection="direct", adapt_key=True, adapt_value=True, adapt_query=True,
+        adapt_guide=True,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def mode_model(request):
+    return tiny_model(**MODES[request.param])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def whole_clip(model, pixels, num_frames, ids, mask, output_attentions=False):
+    """The non-streamed path: every frame's features and patch embeddings kept, then each clip compressed at once."""
+    features, embeds = model.model.encode_frames(pixels, vision_batch_size=pixels.shape[0])
+    guides = model.model.encode_instructions(ids, mask)
+    outputs = []
+    for video_features, video_embeds, guide in zip(features.split(num_frames), embeds.split(num_frames), guides):
+        outputs.append(model.model.compressor(video_features, video_embeds, guide, output_attentions=output_attentions))
+    return outputs
+
+
+def assert_same(streamed, reference):
+    for a, b in zip(streamed.pooler_output, (out[0] for out in reference), strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+# --- streamed (chunked) path == whole-clip path -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5, 6, 9, 10, 13, 17])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 7, 32])
+def test_chunked_equals_whole_clip(mode_model, frames, chunk):
+    pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=frames)
+    with torch.no_grad():
+        streamed = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk)
+        reference = whole_clip(mode_model, pixels, [frames], ids, mask)
+    assert_same(streamed, reference)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 64])
+def test_chunks_straddling_videos(mode_model, chunk):
+    lengths = [10, 1, 6, 3, 9]
+    pixels, num_frames, ids, mask = random_inputs(mode_model, lengths, seed=3)
+    with torch.no_grad():
+        streamed = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk)
+        reference = whole_clip(mode_model, pixels, lengths, ids, mask)
+    assert_same(streamed, reference)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10])
+def test_attention_weights_do_not_depend_on_chunks(mode_model, chunk):
+    pixels, num_frames, ids, mask = random_inputs(mode_model, [10], seed=4)
+    with torch.no_grad():
+        streamed = mode_model.get_video_features(
+            pixels, num_frames, ids, mask, vision_batch_size=chunk, output_attentions=True
+        )
+        (_, local, global_), = whole_clip(mode_model, pixels, [10], ids, mask, output_attentions=True)
+    torch.testing.assert_close(streamed.local_attentions[0], local, atol=ATOL, rtol=0)
+    torch.testing.assert_close(streamed.global_attentions[0], global_, atol=1e-7, rtol=0)
+    assert streamed.local_attentions[0].shape == (3, 2, 2, 4 * 3 * 3)  # T=10, kt=4: windows 0-3, 3-6, 6-9
+
+
+@pytest.mark.parametrize("feed", [[1] * 10, [3, 3, 3, 1], [4, 6], [2, 5, 3], [10]])
+def test_stream_accepts_any_feeding(mode_model, feed):
+    """Feed the compressor directly, in uneven pieces; weights included."""
+    pixels, _, ids, mask = random_inputs(mode_model, [10], seed=5)
+    compressor = mode_model.model.compressor
+    with torch.no_grad():
+        features, embeds = mode_model.model.encode_frames(pixels)
+        guide = mode_model.model.encode_instructions(ids, mask)[0]
+        reference = compressor(features, embeds, guide, output_attentions=True)
+        stream = compressor.stream(features.shape[:3], guide, features.dtype, output_attentions=True)
+        for piece_features, piece_embeds in zip(features.split(feed), embeds.split(feed)):
+            stream.update(piece_features, piece_embeds)
+        streamed = stream.finish()
+    for a, b in zip(streamed, reference):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_stream_keeps_only_the_frames_pending_windows_need(model):
+    """The point of streaming: at most a chunk plus `kt - 1` frames are ever buffered, whatever the clip length."""
+    compressor = model.model.compressor
+    frames, chunk = 41, 4
+    pixels, _, ids, mask = random_inputs(model, [frames], seed=6)
+    with torch.no_grad():
+        guide = model.model.encode_instructions(ids, mask)[0]
+        stream = compressor.stream((frames, 5, 5), guide)
+        largest = 0
+        for features, embeds in model.model.iter_encode_frames(pixels, chunk):
+            stream.update(features, embeds)
+            largest = max(largest, sum(part[0].shape[0] for part in stream.buffer))
+        tokens = stream.finish()[0]
+    assert largest <= chunk + 4 - 1
+    assert tokens.shape[0] == math.ceil(frames / 4) * 2 * 2 + 4
+
+
+def test_accelerate_dispatched_fallback_gives_same_results(model):
+    """With accelerate hooks on the compressor, whole clips go through `forward` (where the hooks run)."""
+    inputs = random_inputs(model, [7, 3], seed=7)
+    compressor = model.model.compressor
+    with torch.no_grad():
+        streamed = model.get_video_features(*inputs, vision_batch_size=2).pooler_output
+        compressor._hf_hook = object()
+        try:
+            dispatched = model.get_video_features(*inputs, vision_batch_size=2).pooler_output
+        finally:
+            del compressor._hf_hook
+    for a, b in zip(streamed, dispatched, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_gradients_flow_through_the_streamed_path():
+    model = tiny_model(local_injection="coarse", global_injection="coarse")
+    pixels, num_frames, ids, mask = random_inputs(model, [6], seed=8)
+    streamed = model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=2).pooler_output[0]
+    reference = whole_clip(model, pixels, [6], ids, mask)[0][0]
+    torch.testing.assert_close(streamed, reference, atol=ATOL, rtol=0)
+    parameters = [
+        model.model.compressor.global_level.attn.k_proj.weight,
+        model.model.vision_tower.embeddings.patch_embedding.weight,
+    ]
+    grads_streamed = torch.autograd.grad(streamed.square().sum(), parameters)
+    grads_reference = torch.autograd.grad(reference.square().sum(), parameters)
+    for a, b in zip(grads_streamed, grads_reference):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_stream_rejects_wrong_frame_counts(model):
+    compressor = model.model.compressor
+    features = torch.zeros(3, 5, 5, 64)
+    stream = compressor.stream((2, 5, 5), torch.zeros(64))
+    with pytest.raises(ValueError, match="2 frames"):
+        stream.update(features, features)
+    stream = compressor.stream((4, 5, 5), torch.zeros(64))
+    stream.update(features, features)
+    with pytest.raises(ValueError, match="only 3 were fed"):
+        stream.finish()
+
+
+# --- pieces of the optimized maths against their plain definitions ----------------------------------------------
+
+
+@pytest.mark.parametrize("in_size", [1, 2, 5, 9, 10, 27, 33, 128])
+@pytest.mark.parametrize("out_size", [1, 2, 3, 9, 32])
+def test_linear_taps_are_interpolates(in_size, out_size):
+    """`linear_taps` reproduces `interpolate(mode="linear", align_corners=False)` weights (one-hot inputs)."""
+    basis = torch.eye(in_size)[None]  # channels = input positions
+    expected = torch.nn.functional.interpolate(basis, size=out_size, mode="linear", align_corners=False)[0]
+    low, high, weight = linear_taps(in_size, out_size)
+    actual = torch.zeros(in_size, out_size)
+    for out, (i0, i1, w) in enumerate(zip(low, high, weight)):
+        actual[i0, out] += 1 - w
+        actual[i1, out] += w
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+
+
+def test_online_softmax_survives_large_score_ranges(model):
+    """Later chunks with far larger scores rescale earlier sums: compare with a float64 softmax."""
+    attn = model.model.compressor.global_level.attn
+    generator = torch.Generator().manual_seed(9)
+    features = torch.randn(12, 5, 5, 64, generator=generator) * torch.linspace(1, 60, 12)[:, None, None, None]
+    queries = torch.randn(4, 64, generator=generator)
+    tables = [sincos_embedding_1d(n, 64) for n in (12, 5, 5)]
+    with torch.no_grad():
+        state = attn.begin(queries, tables)
+        for piece in features.split(5):
+            attn.update(state, piece)
+        actual = attn.finish(state, queries)[0]
+        attn64 = attn.double()
+        try:
+            grid = torch.meshgrid(*(torch.arange(n) for n in (12, 5, 5)), indexing="ij")
+            kv = (features.double() + sum(t.double()[g] for t, g in zip(tables, grid))).reshape(-1, 64)
+            heads, head_dim = attn.num_heads, attn.head_dim
+            q = attn64.q_proj(queries.double()).view(4, heads, head_dim).transpose(0, 1)
+            k = attn64.k_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
+            v = attn64.v_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
+            weights = ((q @ k.transpose(1, 2)) * head_dim**-0.5).softmax(-1)
+            expected = attn64.out_proj((weights @ v).transpose(0, 1).reshape(4, 64))
+        finally:
+            attn.float()
+    torch.testing.assert_close(actual.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def literal_compression(model, features, embeds, guide):
+    """DESIGN.md sec. 2-4 written out naively for any injection mode: a loop over windows, `interpolate`, plain MHA."""
+    compressor = model.model.compressor
+    local_level, global_level = compressor.local_level, compressor.global_level
+    num_frames, height, width, dim = features.shape
+    kt = 1 if num_frames == 1 else 4
+    t_starts, t_size = window_starts(num_frames, kt)
+    h_starts, _ = window_starts(height, 3)
+    w_starts, _ = window_starts(width, 3)
+    base = torch.nn.functional.interpolate(
+        features.permute(3, 0, 1, 2)[None], size=(len(t_starts), len(h_starts), len(w_starts)), mode="trilinear",
+        align_corners=False,
+    )[0].permute(1, 2, 3, 0)
+    query = local_level.injection(guide, local_level.query_adapter(base))
+    keys_all, values_all = local_level.key_adapter(embeds), local_level.value_adapter(features)
+    local = []
+    for i, ts in enumerate(t_starts):
+        for j, hs in enumerate(h_starts):
+            for k, ws in enumerate(w_starts):
+                keys = keys_all[ts : ts + t_size, hs : hs + 3, ws : ws + 3].reshape(-1, dim)
+                values = values_all[ts : ts + t_size, hs : hs + 3, ws : ws + 3].reshape(-1, dim)
+                q = query[0] if query.ndim == 2 else query[i, j, k]
+                local.append((keys @ q / math.sqrt(dim)).softmax(0) @ values)
+    local = local_level.readout(torch.stack(local))
+    grid = torch.meshgrid(*(torch.arange(n) for n in (num_frames, height, width)), indexing="ij")
+    kv = (features + sum(sincos_embedding_1d(n, dim)[g] for n, g in zip((num_frames, height, width), grid)))
+    kv = kv.reshape(-1, dim)
+    queries = global_level.injection(guide, global_level.query_adapter(global_level.query))
+    queries = queries.expand(global_level.num_queries, dim)
+    attn = global_level.attn
+    heads, head_dim, count = attn.num_heads, attn.head_dim, queries.shape[0]
+    q = attn.q_proj(queries).view(count, heads, head_dim).transpose(0, 1)
+    k = attn.k_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
+    v = attn.v_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
+    attended = ((q @ k.transpose(1, 2)) * head_dim**-0.5).softmax(-1) @ v
+    attended = attn.out_proj(attended.transpose(0, 1).reshape(count, dim))
+    return torch.cat([local, global_level.readout(queries + attended)])
+
+
+@pytest.mark.parametrize("frames, chunk", [(1, 1), (5, 2), (10, 3), (10, 4), (13, 5)])
+def test_streamed_path_equals_literal_definition(mode_model, frames, chunk):
+    pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=10 + frames)
+    with torch.no_grad():
+        features, embeds = mode_model.model.encode_frames(pixels)
+        guide = mode_model.model.encode_instructions(ids, mask)[0]
+        expected = literal_compression(mode_model, features, embeds, guide)
+        actual = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk).pooler_output[0]
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-5)
+
+
+def test_window_index_matches_windows_for_overlapping_temporal_split():
+    index = window_index(10, 5, 5, 4, 3)
+    frames = (index // 25)[:, 0, 0]
+    assert [sorted(set(row.tolist())) for row in frames] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
