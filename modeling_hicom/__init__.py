@@ -1,8 +1,20 @@
-"""HICom model: configuration, compressor and transformers model classes (flat, Hub remote-code ready)."""
+"""HICom model: configuration, compressor and transformers model classes (flat, Hub remote-code ready).
+
+Importing the package registers the classes with transformers' Auto classes, so a converted folder loads without
+`trust_remote_code` in a process that has this package (with `trust_remote_code=True`, the folder's own copy runs).
+This file is not part of the remote code: only the flat modules beside it are copied next to a checkpoint.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from .compressor_hicom import HicomCompressor, window_index
 from .configuration_hicom import HicomConfig
 from .modeling_hicom import HicomForConditionalGeneration, HicomModel, HicomPreTrainedModel, HicomVideoFeaturesOutput
+
+AutoConfig.register(HicomConfig.model_type, HicomConfig, exist_ok=True)
+AutoModel.register(HicomConfig, HicomModel, exist_ok=True)
+AutoModelForImageTextToText.register(HicomConfig, HicomForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(HicomConfig, HicomForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "HicomCompressor",

@@ -63,9 +63,15 @@ class VideoTextToTextPipeline(Pipeline):
         preprocess_params = {k: v for k, v in (("num_frames", num_frames), ("fps", fps)) if v is not None}
         if instructions is not None:
             preprocess_params["instructions"] = instructions
+        generate_kwargs = dict(generate_kwargs or {})
+        # Generation parameters (`do_sample=True`, `temperature=...`, a `streamer`) may be given directly, as with
+        # transformers' text pipelines; anything else is a typo worth reporting.
+        generation_keys = {key for key in vars(GenerationConfig()) if not key.startswith("_")} | {"streamer"}
+        for key in generation_keys & kwargs.keys():
+            generate_kwargs[key] = kwargs.pop(key)
         if kwargs:
             raise TypeError(f"Unexpected arguments for the {TASK} pipeline: {sorted(kwargs)}.")
-        forward_params = {"generate_kwargs": dict(generate_kwargs or {})}
+        forward_params = {"generate_kwargs": generate_kwargs}
         if max_new_tokens is not None:
             if "max_new_tokens" in forward_params["generate_kwargs"]:
                 raise ValueError("`max_new_tokens` is given twice: directly and in `generate_kwargs`.")
@@ -169,8 +175,10 @@ class VideoTextToTextPipeline(Pipeline):
     def _forward(self, inputs, generate_kwargs=None):
         model_inputs = inputs["model_inputs"]
         generate_kwargs = dict(generate_kwargs or {})
-        if "generation_config" not in generate_kwargs:
-            generate_kwargs["generation_config"] = self.generation_config
+        if "generation_config" not in generate_kwargs and self.model.generation_config.pad_token_id is None:
+            generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
+        # The pipeline's defaults (max_new_tokens=256) under the user's and the model's generation settings.
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
         sequences = self.model.generate(**model_inputs, **generate_kwargs)
         return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"]}
 

