@@ -48,9 +48,10 @@ def max_error(actual, expected):
 # --- parity with the authors' model (fixture contract) -------------------------------------------------------------
 
 
-def test_remote_code_class_is_loaded(loaded):
+def test_loaded_class(loaded):
+    """In this process our package is imported, so its registered classes load the folder (transformers prefers an
+    explicitly registered class to the folder's copy); the folder's own remote code is checked in a fresh process."""
     assert type(loaded).__name__ == "HicomForConditionalGeneration"
-    assert type(loaded).__module__.startswith("transformers_modules")
     assert loaded.dtype == torch.float32
 
 
@@ -108,12 +109,23 @@ def test_converted_folder_is_self_contained(converted_fixture):
 FRESH_PROCESS_CHECK = """
 import sys, torch
 from transformers import AutoModelForImageTextToText
-assert not any("modeling_hicom" in m for m in sys.modules)
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True, dtype=torch.float32).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert not any(m.split(".")[0] in ("modeling_hicom", "processing_hicom") for m in sys.modules)
 inputs = torch.load(sys.argv[2])
 with torch.no_grad():
-    torch.save(model(**inputs).logits, sys.argv[3])
+    out = model(**inputs)
+torch.save({"logits": out.logits, "video_hidden_states": out.video_hidden_states}, sys.argv[3])
 """
+
+
+def test_remote_code_reproduces_the_reference_in_a_fresh_process(converted_fixture, loaded, tmp_path):
+    """The converted folder alone (its remote code, our package not importable) reproduces the authors' outputs."""
+    torch.save(reference_inputs(loaded), tmp_path / "inputs.pt")
+    run_isolated(FRESH_PROCESS_CHECK, converted_fixture, tmp_path / "inputs.pt", tmp_path / "out.pt")
+    out = torch.load(tmp_path / "out.pt")
+    assert max_error(out["video_hidden_states"], REFERENCE["expected_visual_tokens"]) <= 1e-4
+    assert max_error(out["logits"][0], REFERENCE["expected_logits"]) <= 1e-4
 
 
 def test_save_pretrained_round_trips_exactly_in_a_fresh_process(loaded, tmp_path):
@@ -123,8 +135,8 @@ def test_save_pretrained_round_trips_exactly_in_a_fresh_process(loaded, tmp_path
     torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = loaded(**inputs).logits
-    run_isolated(FRESH_PROCESS_CHECK, saved, tmp_path / "inputs.pt", tmp_path / "logits.pt")
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    run_isolated(FRESH_PROCESS_CHECK, saved, tmp_path / "inputs.pt", tmp_path / "out.pt")
+    assert torch.equal(torch.load(tmp_path / "out.pt")["logits"], expected)
 
 
 def run_isolated(code, *args):
