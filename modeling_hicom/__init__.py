@@ -10,6 +10,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from .compressor_hicom import HicomCompressor, window_index
 from .configuration_hicom import HicomConfig
 from .modeling_hicom import HicomForConditionalGeneration, HicomModel, HicomPreTrainedModel, HicomVideoFeaturesOutput
+from .relevance_hicom import (
+    FrameShare,
+    VideoRelevance,
+    frame_box,
+    global_relevance,
+    local_relevance,
+    patch_map_to_pixels,
+    relevance_maps,
+)
 
 AutoConfig.register(HicomConfig.model_type, HicomConfig, exist_ok=True)
 AutoModel.register(HicomConfig, HicomModel, exist_ok=True)
@@ -17,11 +26,18 @@ AutoModelForImageTextToText.register(HicomConfig, HicomForConditionalGeneration,
 AutoModelForCausalLM.register(HicomConfig, HicomForConditionalGeneration, exist_ok=True)
 
 __all__ = [
+    "FrameShare",
     "HicomCompressor",
     "HicomConfig",
     "HicomForConditionalGeneration",
     "HicomModel",
     "HicomPreTrainedModel",
     "HicomVideoFeaturesOutput",
+    "VideoRelevance",
+    "frame_box",
+    "global_relevance",
+    "local_relevance",
+    "patch_map_to_pixels",
+    "relevance_maps",
     "window_index",
 ]

@@ -5,6 +5,7 @@ Each video's frames are encoded by SigLIP, compressed *conditioned on the user's
 video placeholder tokens in the language model's input. See DESIGN.md for the exact computation.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,19 @@ class HicomCausalLMOutputWithPast(ModelOutput):
     image_hidden_states: torch.FloatTensor | None = None
 
 
+@contextlib.contextmanager
+def _offloaded_weights_loaded(module: nn.Module):
+    """accelerate's offload hooks (device_map with cpu/disk offload) load a module's weights only around its own
+    `forward`; the compressor also reads weights directly (`query`, the reassociated `k_proj`/`v_proj`), so every
+    offloaded submodule's weights are loaded for the duration."""
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for submodule in module.modules():
+            stack.enter_context(align_module_device(submodule))
+        yield
+
+
 class HicomPreTrainedModel(PreTrainedModel):
     config_class = HicomConfig
     config: HicomConfig
@@ -110,6 +124,23 @@ class HicomPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    # Only the language model's linear layers may be quantized (bitsandbytes 4/8-bit or any transformers quantizer):
+    # the towers and the compressor are small next to it, and the compressor reads its weights directly (reassociated
+    # attention). Quantizers skip the modules in `_keep_in_fp32_modules` (patterns matched from the module name's
+    # start, with or without the `model.` prefix of the head model), so they are listed there...
+    _modules_not_to_quantize = (
+        r"(?:model\.)?vision_tower",
+        r"(?:model\.)?instruct_encoder",
+        r"(?:model\.)?compressor",
+        "lm_head",
+    )
+    _keep_in_fp32_modules = list(_modules_not_to_quantize)
+
+    def _get_dtype_plan(self, dtype: torch.dtype) -> dict:
+        """... but they run in the model's dtype, not upcast to float32 (the compressor's softmaxes, dot products and
+        online-softmax sums are computed in float32 whatever the weights' dtype)."""
+        plan = super()._get_dtype_plan(dtype)
+        return {key: value for key, value in plan.items() if key not in self._modules_not_to_quantize}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also write the remote-code files (processor and pipeline included), so the folder loads on its own."""
@@ -252,12 +283,13 @@ class HicomModel(HicomPreTrainedModel):
             device = features.device if dispatched else pixel_values.device
             guides = self.encode_instructions(instruct_input_ids.to(device), instruct_attention_mask)
         if dispatched:
-            outputs = [
-                self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
-                for video_features, video_embeds, guide in zip(
-                    features.split(num_frames), patch_embeds.split(num_frames), guides
-                )
-            ]
+            with _offloaded_weights_loaded(self.compressor):
+                outputs = [
+                    self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
+                    for video_features, video_embeds, guide in zip(
+                        features.split(num_frames), patch_embeds.split(num_frames), guides
+                    )
+                ]
         else:
             # Each chunk of frames is compressed as soon as it is encoded: the clip's features are never all kept.
             dtype = self.vision_tower.embeddings.patch_embedding.weight.dtype

@@ -348,7 +348,9 @@ class HicomProcessor(ProcessorMixin):
         An empty instruction is allowed: it tokenizes to the end-of-sequence token alone, whose embedding is a fixed,
         question-independent query, so the compression no longer depends on the question.
         """
-        lengths = [len(ids) for ids in self.instruct_tokenizer(list(instructions))["input_ids"]]
+        # Measured untruncated, silently: the tokenizer's own "longer than the maximum ... indexing errors" warning
+        # would be wrong here (the instruction is truncated below, and said so once).
+        lengths = [len(ids) for ids in self.instruct_tokenizer(list(instructions), verbose=False)["input_ids"]]
         if any(length > self.instruct_max_length for length in lengths):
             logger.warning_once(
                 f"An instruction is longer than {self.instruct_max_length} SigLIP tokens and was truncated; pass a "

@@ -329,6 +329,10 @@ class _Source:
             container.close()
             raise ValueError(f"`videos`: {self.name} has no video stream.")
         stream = streams[0]
+        if stream.codec_context is None:  # e.g. a file cut inside its header: the stream's codec is unknown
+            container.close()
+            raise ValueError(f"`videos`: {self.name} has a video stream without codec parameters (truncated or "
+                             "corrupt file?).")
         if stream.codec_context.name in _TEXT_ART_CODECS:
             container.close()
             raise ValueError(f"`videos`: {self.name} is a text file, not a video.")

@@ -193,6 +193,35 @@ def test_video_expands_to_num_video_tokens(processor, num_frames):
     assert processor.num_raw_tokens(num_frames) == num_frames * 81
 
 
+def test_expansion_equals_what_the_model_produces():
+    """For 1..40 frames, the placeholder count the processor writes is the number of tokens the compressor outputs.
+    The fixture's settings at 70 px (5x5 patches: the spatial windows overlap) keep 820 frames cheap; weights and
+    depth do not matter for counts."""
+    from conversion.convert_hicom_original_to_hf import build_config
+    from modeling_hicom import HicomModel
+
+    processor = build_tiny_processor(video_processor=HicomVideoProcessor(size={"height": 70, "width": 70}, patch_size=14))
+    original = json.loads((FIXTURE / "original_checkpoint" / "config.json").read_text())
+    siglip = json.loads((FIXTURE / "siglip-so400m-patch14-384" / "config.json").read_text())
+    siglip["vision_config"].update(image_size=70, num_hidden_layers=1)
+    siglip["text_config"].update(num_hidden_layers=1)
+    config = build_config(original, siglip, processor.video_token_id, processor.image_token_id)
+    torch.manual_seed(0)
+    model = HicomModel(config).eval()
+    frames = list(range(1, 41))
+    per_video = [processor(text="<video>\nWhat happens?", videos=clip(n, 14, 14, seed=n), num_frames=n) for n in frames]
+    assert [int(inputs["video_num_frames"]) for inputs in per_video] == frames
+    with torch.no_grad():  # all 40 videos in one batch
+        tokens = model.get_video_features(
+            torch.cat([inputs["pixel_values_videos"] for inputs in per_video]),
+            torch.cat([inputs["video_num_frames"] for inputs in per_video]),
+            torch.cat([inputs["instruct_input_ids"] for inputs in per_video]),
+            torch.cat([inputs["instruct_attention_mask"] for inputs in per_video]),
+        ).pooler_output
+    expanded = [video_count(inputs, processor) for inputs in per_video]
+    assert [t.shape[0] for t in tokens] == expanded == [processor.num_video_tokens(n) for n in frames]
+
+
 def test_short_clip_is_padded_and_the_expansion_counts_the_padding(processor):
     outputs = processor(text="<video>\nWhat happens?", videos=clip(3), num_frames=8)
     assert outputs["video_num_frames"].tolist() == [8]
