@@ -6,9 +6,11 @@ video placeholder tokens in the language model's input. See DESIGN.md for the ex
 """
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel, SiglipTextModel, SiglipVisionModel
 from transformers.cache_utils import Cache
@@ -148,6 +150,50 @@ class HicomPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             save_remote_code(save_directory, extra_dirs=[self.name_or_path])
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, use_safetensors=None, weights_only=True,
+                        **kwargs):
+        """`PreTrainedModel.from_pretrained`, safetensors only by default: a folder or repository that holds only
+        pickle weights (`pytorch_model*.bin`) is refused unless `use_safetensors=False` is passed, and pickle weights
+        are then read with `weights_only=True` (plain tensors only: a pickle cannot run code). Converted HICom
+        checkpoints are always safetensors."""
+        if weights_only is not True:
+            raise ValueError(
+                "HICom loads pickle checkpoints only with `weights_only=True` (a pickle can run arbitrary code); got "
+                f"`weights_only={weights_only!r}`. Convert the checkpoint to safetensors instead."
+            )
+        try:
+            return super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                use_safetensors=True if use_safetensors is None else use_safetensors,
+                weights_only=True,
+                **kwargs,
+            )
+        except OSError as error:
+            if use_safetensors is None and "file named" in str(error):
+                raise OSError(
+                    f"{error} HICom loads only safetensors weights by default; to read pickle weights "
+                    "(`pytorch_model.bin`, with `weights_only=True`), pass `use_safetensors=False`."
+                ) from error
+            raise
+        except Exception as error:
+            # A truncated or corrupt shard (e.g. an interrupted download): safetensors does not say which file.
+            if type(error).__name__ != "SafetensorError" or not os.path.isdir(str(pretrained_model_name_or_path)):
+                raise
+            folder = os.path.normpath(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+            broken = []
+            for name in sorted(os.listdir(folder)):
+                if name.endswith(".safetensors"):
+                    try:
+                        with safe_open(os.path.join(folder, name), framework="pt"):
+                            pass
+                    except Exception:
+                        broken.append(name)
+            if not broken:
+                raise
+            raise OSError(f"Corrupt or truncated weight files in {folder}: {', '.join(broken)} ({error}).") from error
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -238,15 +284,16 @@ class HicomModel(HicomPreTrainedModel):
                 f"of `{name}`."
             )
         if self.compressor.needs_guide:
+            instruct = "image_instruct" if name == "pixel_values" else "instruct"  # names of the caller's arguments
             if instruct_input_ids is None:
                 raise ValueError(
-                    "This model compresses visual tokens conditioned on the instruction: pass `instruct_input_ids` "
-                    "and `instruct_attention_mask` (HicomProcessor returns them)."
+                    f"This model compresses visual tokens conditioned on the instruction: pass `{instruct}_input_ids` "
+                    f"and `{instruct}_attention_mask` (HicomProcessor returns them)."
                 )
             if instruct_input_ids.ndim != 2 or instruct_input_ids.shape[0] != len(num_frames):
                 raise ValueError(
-                    f"`instruct_input_ids` must have shape ({len(num_frames)}, length): one instruction per video; got "
-                    f"{tuple(instruct_input_ids.shape)}."
+                    f"`{instruct}_input_ids` must have shape ({len(num_frames)}, length): one instruction per "
+                    f"{'image' if name == 'pixel_values' else 'video'}; got {tuple(instruct_input_ids.shape)}."
                 )
         return pixel_values, num_frames
 
@@ -328,6 +375,8 @@ class HicomModel(HicomPreTrainedModel):
         if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
             pixel_values = pixel_values[None]
         num_frames = torch.ones(pixel_values.shape[0], dtype=torch.long) if isinstance(pixel_values, torch.Tensor) else None
+        # Checked here too, so that errors name the image arguments.
+        self._check_visual_inputs(pixel_values, num_frames, image_instruct_input_ids, "pixel_values")
         return self.get_video_features(
             pixel_values, num_frames, image_instruct_input_ids, image_instruct_attention_mask, **kwargs
         )

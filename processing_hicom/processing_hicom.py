@@ -156,8 +156,8 @@ def _flatten_visuals(value, is_single, counts: list[int], name: str) -> list:
         per_prompt = [len(item) for item in value]
         if per_prompt != counts:
             raise ValueError(
-                f"`{name}` is given per prompt ({per_prompt}) but the prompts have {counts} "
-                f"`{name[:-1]}` placeholders."
+                f"`{name}` is given per prompt ({per_prompt}) but the prompts have {counts} `<{name[:-1]}>` "
+                f"placeholders: put one placeholder per {name[:-1]} (a `<{name[:-1]}>` typed in the text counts too)."
             )
         return [sub for item in value for sub in item]
     raise TypeError(
@@ -165,6 +165,20 @@ def _flatten_visuals(value, is_single, counts: list[int], name: str) -> list:
         "file object, a (T, H, W, 3) array/tensor or a list of frames; an image is a path, a PIL image or an (H, W, 3) "
         "array/tensor."
     )
+
+
+def _open_image_file(path: str):
+    """A local image file as a PIL image in its own mode (16-bit kept), EXIF orientation applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"`images`: {path!r} is an empty file.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"`images`: could not read {path!r} as an image ({error}).") from error
 
 
 def _count_per_row(input_ids, token_id: int) -> list[int]:
@@ -485,11 +499,22 @@ class HicomProcessor(ProcessorMixin):
         return BatchFeature({**text_inputs, **data}, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
 
     def _preprocess_image(self, image) -> torch.Tensor:
-        """An image is a one-frame video: `(1, 3, S, S)`. Paths and URLs go through transformers' image loader."""
-        if isinstance(image, (str, os.PathLike)):
-            from transformers.image_utils import load_image
+        """An image is a one-frame video: `(1, 3, S, S)`.
 
-            image = load_image(str(image))
+        Local files are opened with PIL in their own mode, so that the video processor's pixel rules apply: a 16-bit
+        PNG is scaled to 8 bits (transformers' `load_image` converts to RGB first, which clips 16-bit values to 255),
+        alpha is dropped. URLs and base64 strings go through transformers' `load_image` (8-bit RGB).
+        """
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            if os.path.isdir(path):
+                raise ValueError(f"`images`: {path!r} is a directory, not an image file.")
+            if os.path.isfile(path):
+                image = _open_image_file(path)
+            else:
+                from transformers.image_utils import load_image
+
+                image = load_image(path)
         pixels = self.video_processor.preprocess_frames(image)
         if pixels.shape[0] != 1:
             raise ValueError(f"An image must be one (H, W[, C]) frame, got {tuple(image.shape)}.")
@@ -506,7 +531,7 @@ class HicomProcessor(ProcessorMixin):
         if len(flat) != sum(counts):
             raise ValueError(
                 f"The prompts have {sum(counts)} {kind} placeholders but {len(flat)} {name} were given: put one "
-                f"placeholder in the text per {kind}."
+                f"placeholder in the text per {kind} (a `<{kind}>` typed in the text counts too)."
             )
         return flat
 

@@ -8,7 +8,8 @@ Why a custom video processor rather than a transformers one:
   torchvision-free half and still gives `save_pretrained` / `from_pretrained` / `register_for_auto_class`.
 - Decoding a whole file to keep 32 frames is wasteful on long videos. We demux once (no decoding) to learn every
   frame's timestamp and the keyframes, then seek to the keyframe before each sampled frame and decode only from
-  there. The frames are bit-identical to those a full sequential decode gives; whenever that cannot be guaranteed
+  there, skipping the unwanted H.264 frames nothing else is predicted from (most B-frames). The frames are
+  bit-identical to those a full sequential decode gives; whenever that cannot be guaranteed
   (no timestamps, a seek that lands elsewhere, a frame that never shows up) we fall back to sequential decoding.
 
 Remote code: this file is copied flat next to the model files, so it imports only numpy, torch, PIL and transformers
@@ -19,6 +20,7 @@ import bisect
 import io
 import math
 import os
+from itertools import chain
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -164,7 +166,7 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     kind = array.dtype.kind
     if array.dtype == np.uint8:
         return array
-    if array.dtype == np.uint16:
+    if kind == "u" and array.dtype.itemsize == 2:  # either byte order: 16-bit PNG readers often give big-endian ">u2"
         return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if kind in "iu":
         if array.size and (array.min() < 0 or array.max() > 255):
@@ -393,9 +395,28 @@ def _index_packets(container, stream) -> _PacketIndex | None:
     return _PacketIndex(pts, sorted(((p, d) for p, d, key in packets if key), key=lambda k: k[0]))
 
 
-def _frames_after_seek(container, stream, keyframe: tuple[int, int | None]):
+# Codecs whose `skip_frame="NONREF"` drops only frames that no other frame is predicted from. H.264: a picture whose
+# slices have nal_ref_idc 0 is never a reference, and FFmpeg's NONREF drops exactly those. Not HEVC: its "sub-layer
+# non-reference" pictures may still be referenced by higher temporal sub-layers. Other codecs decode every frame.
+_SKIP_NONREF_CODECS = {"h264"}
+
+
+def _skips_nonref(stream) -> bool:
+    """Whether `_frames_after_seek` may skip unwanted non-reference frames of `stream` (see `_SKIP_NONREF_CODECS`)."""
+    return stream.codec_context.name in _SKIP_NONREF_CODECS
+
+
+def _frames_after_seek(container, stream, keyframe: tuple[int, int | None], wanted=frozenset()):
     """Decoded frames from the keyframe `(pts, dts)` on. Seeks by pts, or by dts when the demuxer lands after the
-    keyframe (demuxers index by either); landing on an earlier keyframe is only slower."""
+    keyframe (demuxers index by either); landing on an earlier keyframe is only slower.
+
+    Frames whose pts is not in `wanted` are only passed through on the way to a wanted one, so where the codec allows
+    it (`_skips_nonref`) their packets are sent with `skip_frame="NONREF"`: non-reference frames (most B-frames) are
+    then not decoded nor returned, while every frame another one is predicted from still is, so the frames returned
+    are bit-identical to a full decode's. The setting is per packet: FFmpeg's frame threading copies it from this
+    context into the worker each time a packet is submitted (`update_context_from_user`; tested with frame threads).
+    A sampled frame that still went missing would be caught by the caller (the sequential fallback), which also
+    resets the setting (`_decode_by_seeking`)."""
     for target in dict.fromkeys(t for t in keyframe if t is not None):
         container.seek(target, stream=stream, backward=True, any_frame=False)
         packets = container.demux(stream)
@@ -404,8 +425,10 @@ def _frames_after_seek(container, stream, keyframe: tuple[int, int | None]):
             break
     else:
         raise _SeekFailed(f"seeking to pts {keyframe[0]} did not land on a keyframe at or before it")
-    yield from first.decode()
-    for packet in packets:
+    codec = stream.codec_context if wanted and _skips_nonref(stream) else None
+    for packet in chain((first,), packets):
+        if codec is not None:
+            codec.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
         yield from packet.decode()
 
 
@@ -414,12 +437,12 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
     when that keyframe is not past what the decoder has already reached (re-seeking would only redo work)."""
     import av
 
-    frames, decoded, position = {}, None, None
+    frames, decoded, position, targets = {}, None, None, frozenset(wanted)
     try:
         for target in wanted:
             keyframe = index.keyframe_before(target)
             if decoded is None or keyframe[0] > position:
-                decoded = _frames_after_seek(container, stream, keyframe)
+                decoded = _frames_after_seek(container, stream, keyframe, targets)
             for frame in decoded:
                 if frame.pts is None:
                     raise _SeekFailed("a decoded frame has no pts")
@@ -433,6 +456,8 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
                 raise _SeekFailed(f"the stream ended before the frame at pts {target}")
     except av.FFmpegError as error:
         raise _SeekFailed(str(error)) from error
+    finally:
+        stream.codec_context.skip_frame = "DEFAULT"  # `_frames_after_seek` may have left it at "NONREF"
     return frames
 
 

@@ -514,3 +514,44 @@ def test_auto_video_processor_remote_code(tmp_path):
     assert result["num_frames"] == 4 and result["shape"] == [4, 3, 32, 32]
     # `transformers.AutoVideoProcessor` is a placeholder that needs torchvision; the real class (above) does not.
     assert result["public"] == "HicomVideoProcessor" or "torchvision" in result["public"].lower()
+
+
+@pytest.mark.parametrize("thread_count", [0, 4])  # 0: FFmpeg's choice; 4: frame threads even on a 1-core runner
+def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, decoded_after_seeks, no_fallback,
+                                                     thread_count):
+    """Frames between a keyframe and a sampled frame are only passed through: the B-frames among them that no frame
+    references are not decoded (skip_frame="NONREF", per packet), yet the frames returned, B-frames included, equal
+    a full decode's, and the codec context is left at "DEFAULT"."""
+    clip = write_clip(tmp_path / "long_gop.mp4", num_frames=120, gop=60, bframes=3)
+    with av.open(str(clip)) as container:
+        types = [int(frame.pict_type) for frame in container.decode(video=0)]  # FFmpeg's AVPictureType: 3 is B
+    open_source = vp._Source.open
+
+    def open_with_threads(self):
+        container, stream = open_source(self)
+        stream.codec_context.thread_count = thread_count
+        return container, stream
+
+    left_at = []
+    decode_by_seeking = vp._decode_by_seeking
+
+    def checked(container, stream, index, wanted):
+        try:
+            return decode_by_seeking(container, stream, index, wanted)
+        finally:
+            left_at.append(stream.codec_context.skip_frame)
+
+    monkeypatch.setattr(vp._Source, "open", open_with_threads)
+    monkeypatch.setattr(vp, "_decode_by_seeking", checked)
+    frames, metadata = load_video(clip, num_frames=6)
+    skipping = decoded_after_seeks["frames"]
+    assert 3 in [types[i] for i in metadata.indices]  # a sampled B-frame: its own packet must not be skipped
+    for got, want in zip(frames, full_decode(clip, set(metadata.indices)), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    monkeypatch.setattr(vp, "_SKIP_NONREF_CODECS", set())  # the same without skipping
+    decoded_after_seeks["frames"] = 0
+    unskipped, _ = load_video(clip, num_frames=6)
+    np.testing.assert_array_equal(frames, unskipped)
+    assert skipping <= 0.75 * decoded_after_seeks["frames"], (skipping, decoded_after_seeks["frames"])
+    assert left_at == ["DEFAULT", "DEFAULT"]
