@@ -292,7 +292,9 @@ class HicomGlobalAttention(nn.Module):
     is accumulated chunk by chunk (`begin` / `update` / `finish`), so the clip's features need not be kept.
     """
 
-    position_block = 1024  # positions scored at once: bounds scratch memory (float32 copies, scores), not results
+    # Positions converted to float32 at once (whole frames per step, frames cut into pieces of this many positions):
+    # bounds the scratch memory of half-precision models, not the results.
+    position_block = 256
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -332,8 +334,8 @@ class HicomGlobalAttention(nn.Module):
         for block in features.split(max(1, self.position_block // (height * width))):
             first, count = state.frames_seen, block.shape[0]
             state.frames_seen += count
-            flat = block.reshape(-1, dim).float()
-            scores = (flat @ state.u.T).view(count, height, width, -1)
+            pieces = block.reshape(-1, dim).split(self.position_block)  # views: `.float()` copies one piece at a time
+            scores = torch.cat([piece.float() @ state.u.T for piece in pieces]).view(count, height, width, -1)
             scores = scores + pt[first : first + count, None, None] + ph[None, :, None] + pw[None, None, :]
             if state.scores is not None:
                 state.scores.append(scores.flatten(0, 2))
@@ -342,10 +344,11 @@ class HicomGlobalAttention(nn.Module):
                 peak = torch.maximum(peak, state.peak)
             numerators = (scores - peak).exp()
             state.frames.append((peak, numerators.sum((1, 2))))
+            weights = numerators.flatten(0, 2).split(self.position_block)
             # Every sum keeps (query, head) last: total (Qh,), pooled (D, Qh), rows (H, Qh), columns (W, Qh).
             parts = (
                 numerators.sum((0, 1, 2)),
-                (numerators.flatten(0, 2).T @ flat).T,
+                sum(part.T @ piece.float() for part, piece in zip(weights, pieces)).T,
                 numerators.sum((0, 2)),
                 numerators.sum((0, 1)),
             )
@@ -355,7 +358,7 @@ class HicomGlobalAttention(nn.Module):
                 parts = tuple(part + old * rescale for part, old in zip(parts, previous))
             state.peak = peak
             state.total, state.pooled, state.rows, state.columns = parts
-            del flat, scores, numerators  # before the next block's are made
+            del pieces, scores, numerators, weights  # before the next block's are made
 
     def finish(self, state: GlobalAttentionState, queries: torch.Tensor):
         """`(Q, D)` attended values and, if `begin` was asked for them, the weights `(heads, Q, T*H*W)`."""

@@ -317,7 +317,12 @@ class _Source:
             video = io.BytesIO(video.read())
         self.path, self.file, self.offset = None, video, video.tell()
 
-    def open(self):
+    def open(self, thread_type: str = "AUTO"):
+        """The container and its video stream, decoded with `thread_type` threads (FFmpeg's threading is bit-exact).
+
+        Sequential decoding uses "AUTO" (frame threads: several frames in flight). The seek path uses "SLICE": every
+        seek flushes the decoder, and a frame-thread pipeline refilled 32 times per clip costs more than it gains
+        (`benchmarks/decode.py`, ablation `seek_frame_threads`: 1.35x slower on 2 cores)."""
         import av
 
         if self.file is not None:
@@ -338,7 +343,7 @@ class _Source:
         if stream.codec_context.name in _TEXT_ART_CODECS:
             container.close()
             raise ValueError(f"`videos`: {self.name} is a text file, not a video.")
-        stream.codec_context.thread_type = "AUTO"  # frame threading is bit-exact in FFmpeg
+        stream.codec_context.thread_type = thread_type
         return container, stream
 
 
@@ -509,7 +514,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
     import av
 
     source = _Source(video)
-    container, stream = source.open()
+    container, stream = source.open(thread_type="SLICE")
     time_base, rate, announced = stream.time_base, stream.guessed_rate or stream.average_rate, stream.frames
     indices, frames = [], None
     try:

@@ -95,6 +95,22 @@ def test_compressor_offloaded_to_disk_gives_the_same_visual_tokens(dense, folder
     assert torch.equal(greedy(model, prompt), greedy(dense, prompt))
 
 
+# --- attention implementations -------------------------------------------------------------------------------------
+def test_eager_and_sdpa_attention_agree(dense, folder, prompt):
+    """`attn_implementation` reaches every sub-model (both SigLIP towers and Qwen2) and both give the same outputs."""
+    models, outputs = {}, {}
+    for implementation in ("eager", "sdpa"):
+        model = HicomForConditionalGeneration.from_pretrained(folder, attn_implementation=implementation).eval()
+        towers = (model.model.vision_tower, model.model.instruct_encoder, model.model.language_model)
+        assert {tower.config._attn_implementation for tower in towers} == {implementation}
+        with torch.no_grad():
+            models[implementation], outputs[implementation] = model, model(**prompt)
+    for got, want in zip(outputs["eager"].video_hidden_states, outputs["sdpa"].video_hidden_states, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs["eager"].logits, outputs["sdpa"].logits, atol=1e-5, rtol=0)
+    assert torch.equal(greedy(models["eager"], prompt), greedy(dense, prompt))
+
+
 # --- half precision ------------------------------------------------------------------------------------------------
 # Relative L2 error of the visual tokens and logits against float32: a few roundings of the format's unit roundoff
 # (bf16 2^-8, fp16 2^-11) per layer accumulate; measured on this model: bf16 ~1.2e-2, fp16 ~1.3e-3.

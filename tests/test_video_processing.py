@@ -516,9 +516,11 @@ def test_auto_video_processor_remote_code(tmp_path):
     assert result["public"] == "HicomVideoProcessor" or "torchvision" in result["public"].lower()
 
 
-@pytest.mark.parametrize("thread_count", [0, 4])  # 0: FFmpeg's choice; 4: frame threads even on a 1-core runner
+# The seek path's slice threads, and frame threads (skip_frame must then reach each packet's worker); 4 threads even
+# on a 1-core runner.
+@pytest.mark.parametrize("threads", ["SLICE", "AUTO"])
 def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, decoded_after_seeks, no_fallback,
-                                                     thread_count):
+                                                     threads):
     """Frames between a keyframe and a sampled frame are only passed through: the B-frames among them that no frame
     references are not decoded (skip_frame="NONREF", per packet), yet the frames returned, B-frames included, equal
     a full decode's, and the codec context is left at "DEFAULT"."""
@@ -527,9 +529,9 @@ def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, deco
         types = [int(frame.pict_type) for frame in container.decode(video=0)]  # FFmpeg's AVPictureType: 3 is B
     open_source = vp._Source.open
 
-    def open_with_threads(self):
-        container, stream = open_source(self)
-        stream.codec_context.thread_count = thread_count
+    def open_with_threads(self, thread_type="AUTO"):
+        container, stream = open_source(self, thread_type=threads)
+        stream.codec_context.thread_count = 4
         return container, stream
 
     left_at = []
