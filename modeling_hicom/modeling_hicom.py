@@ -320,6 +320,16 @@ class HicomModel(HicomPreTrainedModel):
         pixel_values, num_frames = self._check_visual_inputs(
             pixel_values_videos, video_num_frames, instruct_input_ids, "pixel_values_videos"
         )
+        return self._compress(
+            pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size,
+            output_attentions, return_dict,
+        )
+
+    def _compress(
+        self, pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size,
+        output_attentions, return_dict,
+    ) -> HicomVideoFeaturesOutput | tuple:
+        """`get_video_features` on checked inputs: `pixel_values (sum T_i, 3, S, S)`, `num_frames` a list of ints."""
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         guides = [None] * len(num_frames)
         dispatched = getattr(self.compressor, "_hf_hook", None) is not None
@@ -369,16 +379,20 @@ class HicomModel(HicomPreTrainedModel):
         pixel_values: torch.FloatTensor,
         image_instruct_input_ids: torch.LongTensor | None = None,
         image_instruct_attention_mask: torch.LongTensor | None = None,
-        **kwargs,
+        vision_batch_size: int | None = None,
+        output_attentions: bool = False,
+        return_dict: bool = True,
     ) -> HicomVideoFeaturesOutput | tuple:
         """Compressed tokens of images `(num_images, 3, S, S)`: each image is a one-frame video."""
         if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
             pixel_values = pixel_values[None]
         num_frames = torch.ones(pixel_values.shape[0], dtype=torch.long) if isinstance(pixel_values, torch.Tensor) else None
-        # Checked here too, so that errors name the image arguments.
-        self._check_visual_inputs(pixel_values, num_frames, image_instruct_input_ids, "pixel_values")
-        return self.get_video_features(
-            pixel_values, num_frames, image_instruct_input_ids, image_instruct_attention_mask, **kwargs
+        pixel_values, num_frames = self._check_visual_inputs(
+            pixel_values, num_frames, image_instruct_input_ids, "pixel_values"
+        )
+        return self._compress(
+            pixel_values, num_frames, image_instruct_input_ids, image_instruct_attention_mask, vision_batch_size,
+            output_attentions, return_dict,
         )
 
     def _scatter_visual_tokens(self, input_ids, inputs_embeds, tokens, token_id, kind):

@@ -171,8 +171,6 @@ def _open_image_file(path: str):
     """A local image file as a PIL image in its own mode (16-bit kept), EXIF orientation applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"`images`: {path!r} is an empty file.")
     try:
         with Image.open(path) as image:
             image.load()
@@ -506,10 +504,11 @@ class HicomProcessor(ProcessorMixin):
         alpha is dropped. URLs and base64 strings go through transformers' `load_image` (8-bit RGB).
         """
         if isinstance(image, (str, os.PathLike)):
+            from .video_processing_hicom import check_not_dir_or_empty
+
             path = os.fspath(image)
-            if os.path.isdir(path):
-                raise ValueError(f"`images`: {path!r} is a directory, not an image file.")
-            if os.path.isfile(path):
+            if os.path.exists(path):
+                check_not_dir_or_empty(path, "images", "an image")
                 image = _open_image_file(path)
             else:
                 from transformers.image_utils import load_image

@@ -20,8 +20,8 @@ import bisect
 import io
 import math
 import os
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import TypedDict
 
 import numpy as np
@@ -294,6 +294,15 @@ class _SeekFailed(Exception):
 _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
 
 
+def check_not_dir_or_empty(path: str, argument: str, kind: str) -> None:
+    """Clear errors for an existing local path that cannot hold a frame: a directory or a zero-byte file. `kind`
+    names what the file should be ("a video")."""
+    if os.path.isdir(path):
+        raise ValueError(f"`{argument}`: {path!r} is a directory, not {kind} file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"`{argument}`: {path!r} is an empty file.")
+
+
 class _Source:
     """A video file or binary file object that can be opened again (the sequential fallback needs a fresh demuxer)."""
 
@@ -303,10 +312,7 @@ class _Source:
             self.name = repr(path)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"`videos`: no such file: {path!r}.")
-            if os.path.isdir(path):
-                raise ValueError(f"`videos`: {path!r} is a directory, not a video file.")
-            if os.path.getsize(path) == 0:
-                raise ValueError(f"`videos`: {path!r} is an empty file.")
+            check_not_dir_or_empty(path, "videos", "a video")
             self.path, self.file = path, None
             return
         if isinstance(video, io.TextIOBase):

@@ -41,7 +41,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file
-from test_video_processing import bad_files  # noqa: F401  (module fixture: zero-byte, truncated, directory, audio...)
+from test_video_processing import (  # noqa: F401  (module fixture: zero-byte, truncated, directory, audio...)
+    BAD_FILE_ERRORS,
+    bad_files,
+)
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from conversion.convert_hicom_original_to_hf import convert
@@ -280,17 +283,7 @@ def test_sixteen_bit_and_rgba_image_files(processor, model, tmp_path):
             processor(text="<image>\nWhat?", images=str(tmp_path / name))
 
 
-@pytest.mark.parametrize(
-    "name, error, match",
-    [
-        ("missing.mp4", FileNotFoundError, "no such file"),
-        ("empty.mp4", ValueError, "empty file"),
-        ("truncated.mp4", ValueError, "not a readable video"),
-        ("a_directory.mp4", ValueError, "directory"),
-        ("audio.wav", ValueError, "no video stream"),
-        ("no_frames.mkv", ValueError, "no decodable video frames"),
-    ],
-)
+@pytest.mark.parametrize("name, error, match", BAD_FILE_ERRORS)
 def test_bad_files_through_the_pipeline(pipe, bad_files, name, error, match):  # noqa: F811
     """The video processor's clear errors reach the pipeline user unchanged (not wrapped, not an FFmpeg error)."""
     with pytest.raises(error, match=match) as caught:

