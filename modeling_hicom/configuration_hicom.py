@@ -7,11 +7,33 @@ field, so a config reads as what the model computes.
 
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, SiglipTextConfig, SiglipVisionConfig
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
 
 INJECTION_MODES = ("direct", "coarse", "off")
 NEWLINE_POSITIONS = ("none",)
 _SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
+
+# Sub-config defaults are the released model: SigLIP so400m-patch14-384 (both towers) + Qwen2.5-7B-Instruct.
+RELEASED_SUB_CONFIGS = {
+    "vision_config": dict(_SO400M, image_size=384, patch_size=14),
+    "instruct_config": dict(
+        _SO400M, vocab_size=32000, max_position_embeddings=64, pad_token_id=1, bos_token_id=None, eos_token_id=1
+    ),
+    "text_config": {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "tie_word_embeddings": False,
+    },
+}
 
 
 @strict
@@ -42,31 +64,9 @@ class HicomConfig(PreTrainedConfig):
     """
 
     model_type = "hicom"
-    # Defaults are the released model: SigLIP so400m-patch14-384 (both towers) + Qwen2.5-7B-Instruct.
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=SiglipVisionConfig, init_kwargs=dict(_SO400M, image_size=384, patch_size=14)),
-        "instruct_config": SubConfigSpec(
-            config_class=SiglipTextConfig,
-            init_kwargs=dict(_SO400M, vocab_size=32000, max_position_embeddings=64, pad_token_id=1, bos_token_id=None, eos_token_id=1),
-        ),
-        "text_config": SubConfigSpec(
-            config_class=Qwen2Config,
-            init_kwargs={
-                "vocab_size": 152064,
-                "hidden_size": 3584,
-                "intermediate_size": 18944,
-                "num_hidden_layers": 28,
-                "num_attention_heads": 28,
-                "num_key_value_heads": 4,
-                "max_position_embeddings": 32768,
-                "rms_norm_eps": 1e-6,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
-                "bos_token_id": 151643,
-                "eos_token_id": 151645,
-                "tie_word_embeddings": False,
-            },
-        ),
-    }
+    # Sub-configs are built in `__post_init__` (the `sub_configs` mapping style that every transformers 5.x reads;
+    # 5.20 added `sub_configs_defaults`, which 5.19 lacks).
+    sub_configs = {"vision_config": SiglipVisionConfig, "instruct_config": SiglipTextConfig, "text_config": Qwen2Config}
 
     vision_config: dict | PreTrainedConfig | None = None
     instruct_config: dict | PreTrainedConfig | None = None
@@ -90,6 +90,14 @@ class HicomConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        for name, config_class in self.sub_configs.items():
+            value = getattr(self, name)
+            if value is None:
+                value = RELEASED_SUB_CONFIGS[name]
+            if isinstance(value, dict):
+                # A saved config carries `model_type`; the class is fixed here, so it is not an argument.
+                value = config_class(**{key: item for key, item in value.items() if key != "model_type"})
+            setattr(self, name, value)
         super().__post_init__(**kwargs)
         for name in ("local_injection", "global_injection"):
             if getattr(self, name) not in INJECTION_MODES:
