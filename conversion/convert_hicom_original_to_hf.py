@@ -3,9 +3,10 @@
     hicom-convert --input HICom_7B_qwen25_directg_local43_global32 \
         --vision-tower siglip-so400m-patch14-384 --output hicom-7b-hf
 
-The original encodes the compressor in `mm_projector_type` + `use_guide`; this script reproduces that parser
-exactly (including its quirk, see `parse_projector_type`) and writes explicit `HicomConfig` fields. Every weight
-is renamed by one regex table; a tensor no rule maps, or a model tensor left unfilled, stops the conversion.
+The original encodes the compressor in `mm_projector_type` + `use_guide` + `use_clip_scale`; this script
+reproduces that parser exactly (including its quirk, see `parse_projector_type`) for every projector the authors'
+code can build, and writes explicit `HicomConfig` fields. Every weight is renamed by one regex table; a tensor no
+rule maps, or a model tensor left unfilled, stops the conversion.
 """
 
 import argparse
@@ -24,14 +25,52 @@ from modeling_hicom import HicomConfig, HicomForConditionalGeneration
 
 logger = logging.get_logger("hicom-convert")
 
+# Compressor names of either level: original (under `model.mm_projector.<level>_compressor.`) -> ours (under
+# `model.compressor.<level>_level.`). Which of them a checkpoint has depends on its variant.
+# Two-layer MLPs, `nn.Sequential(Linear, GELU, Linear)` in the original (children `0`, `2`):
+COMPRESSOR_MLPS = {
+    "readout": "readout",
+    "k_proj": "key_adapter.proj",
+    "v_proj": "value_adapter.proj",
+    "guide_injector.text2qk_proj": "injection.text2qk",
+    "guide_injector.guide_proj": "injection.guide_adapter.proj",
+    "guide_injector.coarse_proj": "injection.film",
+}
+MLP_LAYERS = {"0": "linear_1", "2": "linear_2"}
+# Other modules (their parameters keep their names) and bare parameters:
+COMPRESSOR_MODULES = {
+    "q_proj": "query_adapter.proj",  # a bias-free Linear, not an MLP
+    "q_norm": "query_adapter.norm",
+    "k_norm": "key_adapter.norm",
+    "v_norm": "value_adapter.norm",
+    "attn_layer": "attn",
+    "guide_injector.guide_norm": "injection.guide_adapter.norm",
+    "guide_injector.coarse_norm": "injection.norm",
+    "guide_injector.fine_proj": "injection.attn",
+    "guide_injector.fine_norm": "injection.norm",
+}
+COMPRESSOR_PARAMETERS = {
+    "query": "query",
+    "q_alpha": "query_adapter.gate",
+    "k_alpha": "key_adapter.gate",
+    "v_alpha": "value_adapter.gate",
+    "guide_injector.guide_alpha": "injection.guide_adapter.gate",
+}
+_LEVEL = r"^model\.mm_projector\.(local|global)_compressor\."
 # Original key -> converted key. Applied in order; the first match wins.
 KEY_RULES = [
     (r"^model\.vision_tower\.vision_tower\.vision_model\.(.+)$", r"model.vision_tower.\1"),
     (r"^model\.vision_tower\.guide_encoder\.text_model\.(.+)$", r"model.instruct_encoder.\1"),
-    (r"^model\.mm_projector\.(local|global)_compressor\.readout\.0\.(weight|bias)$", r"model.compressor.\1_level.readout.linear_1.\2"),
-    (r"^model\.mm_projector\.(local|global)_compressor\.readout\.2\.(weight|bias)$", r"model.compressor.\1_level.readout.linear_2.\2"),
-    (r"^model\.mm_projector\.global_compressor\.attn_layer\.(q|k|v|out)_proj\.(weight|bias)$", r"model.compressor.global_level.attn.\1_proj.\2"),
-    (r"^model\.mm_projector\.global_compressor\.query$", r"model.compressor.global_level.query"),
+    *[
+        (rf"{_LEVEL}{re.escape(original)}\.{index}\.(weight|bias)$", rf"model.compressor.\1_level.{ours}.{layer}.\2")
+        for original, ours in COMPRESSOR_MLPS.items()
+        for index, layer in MLP_LAYERS.items()
+    ],
+    *[(rf"{_LEVEL}{re.escape(original)}\.(.+)$", rf"model.compressor.\1_level.{ours}.\2") for original, ours in COMPRESSOR_MODULES.items()],
+    *[(rf"{_LEVEL}{re.escape(original)}$", rf"model.compressor.\1_level.{ours}") for original, ours in COMPRESSOR_PARAMETERS.items()],
+    # CLIP scale: SigLIP's temperature and bias, copied per level onto the projector itself.
+    (r"^model\.mm_projector\.local_logit_(scale|bias)$", r"model.compressor.local_level.logit_\1"),
+    (r"^model\.mm_projector\.global_logit_(scale|bias)$", r"model.compressor.global_level.attn.logit_\1"),
     (r"^model\.(embed_tokens|layers|norm)\.(.+)$", r"model.language_model.\1.\2"),
     (r"^lm_head\.weight$", r"lm_head.weight"),
 ]
@@ -42,7 +81,6 @@ SUPPORTED_SETTINGS = {
     "mm_vision_select_feature": ("patch",),
     "mm_newline_position": ("no_token",),
     "image_aspect_ratio": ("pad",),
-    "use_clip_scale": ("", None, False),
 }
 QWEN2_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -50,7 +88,9 @@ QWEN2_FIELDS = (
     "sliding_window", "use_sliding_window", "max_window_layers", "tie_word_embeddings", "initializer_range",
     "bos_token_id", "eos_token_id",
 )
-GUIDE_MODES = ("direct", "coarse", "fine")
+INJECTION_MODES = ("off", "direct", "coarse", "fine")
+# `use_guide` values the reference runs: None / "off" encode no instruction.
+USE_GUIDE_VALUES = (None, "off", "direct", "coarse", "fine")
 VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
 
 
@@ -65,49 +105,132 @@ def rename_key(key: str) -> str | None:
     return None
 
 
-def _level_mode(part: str, use_guide) -> str:
-    """The reference: a level uses `guide<mode>` if its part of the projector string names one, else `use_guide`."""
-    for mode in GUIDE_MODES:
-        if f"guide{mode}" in part:
-            return mode
-    if use_guide in (None, "", "none", False):
-        return "off"
-    if use_guide not in GUIDE_MODES:
-        raise ConversionError(f"Unknown `use_guide` value {use_guide!r}; expected one of {GUIDE_MODES} or empty.")
-    return use_guide
+def _leading_digits(phase: str) -> str:
+    return re.match(r"\d*", phase)[0]
 
 
-def parse_projector_type(projector_type: str, use_guide) -> dict:
-    """Explicit compressor settings from the original `mm_projector_type` and `use_guide`.
-
-    The string is split into one part per level (`local<kt><ks>...`, `global<Nq>...`). Words in a part that are not
-    `guide<mode>` do not select a mode: the released `local43_global32_coarse` with `use_guide: direct` is therefore
-    direct at *both* levels, its 32 global tokens identical. Reproduced on purpose: it is what the weights were trained
-    with.
-    """
-    match = re.fullmatch(r"local(\d)(\d)(?P<local>(?:_[a-z]+)*)(?:_global(?P<nq>\d+)(?P<global>(?:_[a-z]+)*))?", projector_type)
-    if match is None:
+def _injection_mode(phase: str, use_guide, level: str, projector_type: str) -> str:
+    """The reference: `guide<mode>` in the level's phase (up to the next `_`) overrides `use_guide`."""
+    if "guide" not in phase:
+        return "off" if use_guide is None else use_guide
+    mode = phase.split("guide")[-1].split("_")[0]
+    if mode not in INJECTION_MODES:
         raise ConversionError(
-            f"Unsupported `mm_projector_type` {projector_type!r}: expected `local<kt><ks>[_global<N>][_words]` "
-            "as in the HICom release."
+            f"Unsupported word 'guide{mode}' in `mm_projector_type` {projector_type!r}: the {level} level's injection "
+            f"must be one of {', '.join('guide' + m for m in INJECTION_MODES)} (the reference cannot run {mode!r})."
         )
-    for word in re.findall(r"[a-z]+", (match["local"] or "") + (match["global"] or "")):
-        if word not in ("coarse", "direct", "fine") and not word.startswith("guide"):
-            raise ConversionError(f"Unsupported word {word!r} in `mm_projector_type` {projector_type!r}.")
+    return mode
+
+
+def _ignored_words(phase: str, read: tuple[str, ...]) -> list[str]:
+    """Words of a level's phase that the reference's parser never reads (after the leading number)."""
+    return [word for word in phase.split("_")[1:] if word and not any(key in word for key in read)]
+
+
+def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: str = "") -> dict:
+    """Explicit `HicomConfig` compressor settings from the original `mm_projector_type`, `use_guide` and
+    `use_clip_scale`, read exactly as the reference's `build_vision_projector` reads them.
+
+    Each level reads its own phase of the string (`local_phase` = after the last `local`, up to `global`; the global
+    one likewise): local `<kt><ks>` (one digit, then one or two), adapters from the letters after the last `adapt`
+    (`q`, `k`, `v`, `g`), global `<num_queries>` and adapter `g` iff `adaptg` appears. A level's injection is its
+    `guide<mode>` word, else `use_guide`. Other words select nothing: the released `local43_global32_coarse` with
+    `use_guide: direct` is therefore direct at *both* levels, its 32 global tokens identical. Reproduced on purpose:
+    it is what the weights were trained with. What the reference cannot build or run is refused, naming the reason.
+    """
+    if not isinstance(projector_type, str) or ("local" not in projector_type and "global" not in projector_type):
+        raise ConversionError(
+            f"Unsupported `mm_projector_type` {projector_type!r}: a HICom projector names a `local<kt><ks>` and/or a "
+            "`global<num_queries>` level (the reference's `linear`/`mlp` projectors are not HICom)."
+        )
+    if use_guide not in USE_GUIDE_VALUES:
+        raise ConversionError(f"Unknown `use_guide` value {use_guide!r}; expected one of {USE_GUIDE_VALUES}.")
+    if not isinstance(use_clip_scale, str):
+        raise ConversionError(f"`use_clip_scale` must be a comma-separated string, got {use_clip_scale!r}.")
+    clip_levels = use_clip_scale.split(",")
     settings = {
-        "local_temporal_kernel": int(match[1]),
-        "local_spatial_kernel": int(match[2]),
-        "num_global_queries": int(match["nq"] or 0),
-        "local_injection": _level_mode(match["local"] or "", use_guide),
-        "global_injection": _level_mode(match["global"] or "", use_guide) if match["nq"] else "off",
+        "use_local_level": "local" in projector_type, "num_global_queries": 0,
+        "local_injection": "off", "global_injection": "off",
     }
-    for level in ("local_injection", "global_injection"):
-        if settings[level] in ("coarse", "fine"):
+    ignored = [item for item in clip_levels if item not in ("", "local", "global")]
+    if settings["use_local_level"]:
+        phase = projector_type.split("local")[-1].split("global")[0]
+        digits = _leading_digits(phase)
+        if len(digits) not in (2, 3) or int(digits[0]) == 0 or int(digits[1:]) == 0:
             raise ConversionError(
-                f"`{projector_type}` with use_guide={use_guide!r} gives {level}={settings[level]!r}: the original "
-                "weight layout of that injection is not known to this converter, so it cannot be converted faithfully."
+                f"Unsupported word 'local{digits}' in `mm_projector_type` {projector_type!r}: the reference reads "
+                "`local<kt><ks>`, a one-digit temporal and a one- or two-digit spatial kernel, both positive."
             )
+        letters = ""
+        for letter in phase.split("adapt")[-1] if "adapt" in phase else "":
+            if letter not in "qkvg":
+                break
+            letters += letter
+        mode = _injection_mode(phase, use_guide, "local", projector_type)
+        settings.update(
+            local_temporal_kernel=int(digits[0]),
+            local_spatial_kernel=int(digits[1:]),
+            local_injection=mode,
+            # The reference turns the query adapter off for direct injection, and builds no instruction adapter
+            # without injection: those checkpoints have no such weights.
+            local_adapt_query="q" in letters and mode != "direct",
+            local_adapt_key="k" in letters,
+            local_adapt_value="v" in letters,
+            local_adapt_guide="g" in letters and mode != "off",
+            local_clip_scale="local" in clip_levels,
+        )
+        ignored += _ignored_words(phase, ("adapt", "guide"))
+    elif "local" in clip_levels:
+        raise ConversionError(f"`use_clip_scale` {use_clip_scale!r} names `local` but {projector_type!r} has no local level.")
+    if "global" in projector_type:
+        phase = projector_type.split("global")[-1].split("local")[0]
+        digits = _leading_digits(phase)
+        if not digits or int(digits) == 0:
+            raise ConversionError(
+                f"Unsupported word 'global{digits}' in `mm_projector_type` {projector_type!r}: the reference reads "
+                "`global<num_queries>`, a positive number of queries."
+            )
+        mode = _injection_mode(phase, use_guide, "global", projector_type)
+        settings.update(
+            num_global_queries=int(digits),
+            global_injection=mode,
+            global_adapt_guide="adaptg" in phase and mode != "off",
+            global_clip_scale="global" in clip_levels,
+        )
+        ignored += _ignored_words(phase, ("adaptg", "guide"))
+    elif "global" in clip_levels:
+        raise ConversionError(f"`use_clip_scale` {use_clip_scale!r} names `global` but {projector_type!r} has no global level.")
+    _check_instruction_form(settings, use_guide, projector_type)
+    if ignored:
+        logger.warning(
+            f"The reference's parser ignores {', '.join(map(repr, ignored))} in `mm_projector_type` {projector_type!r} "
+            f"/ `use_clip_scale` {use_clip_scale!r}; so does this conversion."
+        )
     return settings
+
+
+def _check_instruction_form(settings: dict, use_guide, projector_type: str) -> None:
+    """The reference encodes the instruction from the config's `use_guide` alone: not at all when it is None/off,
+    per token when it is `fine`, pooled otherwise. A level whose mode needs another form crashes there."""
+    modes = {settings["local_injection"], settings["global_injection"]}
+    described = f"`{projector_type}` with use_guide={use_guide!r}"
+    if use_guide in (None, "off"):
+        if modes - {"off"}:
+            raise ConversionError(
+                f"{described} injects the instruction at a level, but with use_guide={use_guide!r} the reference "
+                "encodes no instruction (it cannot run this checkpoint)."
+            )
+    elif use_guide == "fine" and modes - {"fine", "off"} or use_guide != "fine" and "fine" in modes:
+        raise ConversionError(
+            f"{described} mixes fine injection with the {'pooled' if use_guide != 'fine' else 'per-token'} "
+            "instruction embedding that use_guide selects; the reference cannot run it (fine needs per-token "
+            "embeddings, direct and coarse the pooled one)."
+        )
+    elif modes == {"off"}:
+        raise ConversionError(
+            f"{described} injects the instruction at no level, yet the reference would still encode it and key the "
+            "local level on patch embeddings; this converter supports unconditional projectors with use_guide off."
+        )
 
 
 def build_config(original: dict, siglip: dict, video_token_id: int, image_token_id: int) -> HicomConfig:
@@ -136,7 +259,9 @@ def build_config(original: dict, siglip: dict, video_token_id: int, image_token_
         video_token_id=video_token_id,
         image_token_id=image_token_id,
         tie_word_embeddings=original.get("tie_word_embeddings", False),
-        **parse_projector_type(original["mm_projector_type"], original.get("use_guide")),
+        **parse_projector_type(
+            original["mm_projector_type"], original.get("use_guide"), original.get("use_clip_scale", "")
+        ),
     )
 
 

@@ -2,8 +2,10 @@
 
 For one video it turns SigLIP features `F` (values, layer -2), patch embeddings `E` (keys, in SigLIP's joint
 text-image space) and the instruction embedding `g` into `ceil(T/kt)*ceil(H/ks)*ceil(W/ks)` local tokens plus
-`num_global_queries` global tokens. Every attention's softmax and dot products run in float32, whatever the
-weights' dtype, so bf16/fp16 models keep the reference's selection of patches.
+`num_global_queries` global tokens. Every variant the authors' code can build is computed here: per level, the
+instruction injection (`off`, `direct`, `coarse`, `fine`), the gated adapters and SigLIP-style ("CLIP scale")
+attention; either level may be absent. `docs/variants.md` describes each. Every attention's softmax and dot products
+run in float32, whatever the weights' dtype, so bf16/fp16 models keep the reference's selection of patches.
 """
 
 import math
@@ -90,39 +92,75 @@ class HicomMLP(nn.Module):
 
 
 class HicomAdapter(nn.Module):
-    """Gated residual adapter `(1 - a) * x + a * LN(MLP(x))`; the gate starts at 0, i.e. the identity."""
+    """Gated residual adapter `(1 - a) * x + a * LN(proj(x))`; the gate starts at 0, i.e. the identity."""
 
-    def __init__(self, dim: int, hidden_act: str):
+    def __init__(self, proj: nn.Module, dim: int):
         super().__init__()
-        self.mlp = HicomMLP(dim, dim, dim, hidden_act)
+        self.proj = proj
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         gate = self.gate.to(hidden_states.dtype)
-        return (1 - gate) * hidden_states + gate * self.norm(self.mlp(hidden_states))
+        return (1 - gate) * hidden_states + gate * self.norm(self.proj(hidden_states))
 
 
-def _maybe_adapter(enabled: bool, dim: int, hidden_act: str) -> nn.Module:
-    return HicomAdapter(dim, hidden_act) if enabled else nn.Identity()
+def _mlp_adapter(enabled: bool, dim: int, hidden_act: str) -> nn.Module:
+    """The key, value and instruction adapters: an MLP `proj` (the query adapter's is a bias-free linear)."""
+    return HicomAdapter(HicomMLP(dim, dim, dim, hidden_act), dim) if enabled else nn.Identity()
+
+
+def _l2_normalize(hidden_states: torch.Tensor) -> torch.Tensor:
+    return hidden_states / hidden_states.norm(p=2, dim=-1, keepdim=True)
+
+
+class HicomAttention(nn.Module):
+    """Multi-head cross-attention with biased q/k/v/out projections and scale `head_dim^-0.5`, softmax in float32.
+
+    The attention of fine injection (over the instruction's tokens). The global level's attention has the same
+    weights and maths, computed another way (`HicomGlobalAttention`).
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+        """`queries (Q, D)` attend over `keys_values (N, D)` (no mask) -> `(Q, D)`."""
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self.q_proj(queries).float().view(-1, heads, head_dim).transpose(0, 1)
+        k = self.k_proj(keys_values).float().view(-1, heads, head_dim).transpose(0, 1)
+        v = self.v_proj(keys_values).float().view(-1, heads, head_dim).transpose(0, 1)
+        weights = (q @ k.transpose(1, 2) * head_dim**-0.5).softmax(dim=-1)
+        attended = (weights @ v).transpose(0, 1).reshape(queries.shape[0], -1)
+        return self.out_proj(attended.to(queries.dtype))
 
 
 class HicomInjection(nn.Module):
-    """Builds one level's queries from the instruction embedding `g` (DESIGN.md sec. 4).
+    """Builds one level's queries from the instruction embedding `g`.
 
-    `direct`: the query is `g' = text2qk(g)`; `coarse`: FiLM of the unconditional query by `g'`; `off`: the
-    unconditional query alone (then `g` is not needed).
+    `g' = adapter(text2qk(g))`, then `direct`: the query is `g'`; `coarse`: FiLM of the unconditional query,
+    `LN(q0 * (1 + scale) + shift)` with `scale, shift = MLP(g')`; `fine`: `LN(q0 + MHA(q0, g', g'))`, `g` one row per
+    instruction token; `off`: the unconditional query alone (then `g` is not needed).
     """
 
-    def __init__(self, mode: str, guide_dim: int, dim: int, adapt_guide: bool, hidden_act: str):
+    def __init__(self, mode: str, guide_dim: int, dim: int, adapt_guide: bool, hidden_act: str, num_heads: int):
         super().__init__()
         self.mode = mode
         if mode == "off":
             return
         self.text2qk = HicomMLP(guide_dim, dim, dim, hidden_act) if guide_dim != dim else nn.Identity()
-        self.guide_adapter = _maybe_adapter(adapt_guide, dim, hidden_act)
+        self.guide_adapter = _mlp_adapter(adapt_guide, dim, hidden_act)
         if mode == "coarse":
-            self.film = HicomMLP(dim, dim, 2 * dim, hidden_act)
+            self.film = HicomMLP(dim, 2 * dim, 2 * dim, hidden_act)
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+        elif mode == "fine":
+            self.attn = HicomAttention(dim, num_heads)
             self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     @property
@@ -130,7 +168,8 @@ class HicomInjection(nn.Module):
         return self.mode != "direct"
 
     def forward(self, guide: torch.Tensor | None, base_query: torch.Tensor | None) -> torch.Tensor:
-        """`guide (guide_dim,)`, `base_query (..., dim)` -> queries `(..., dim)` (`(1, dim)` for direct)."""
+        """`guide`: `(guide_dim,)`, or `(tokens, guide_dim)` for fine; `base_query (..., dim)` -> queries `(..., dim)`
+        (`(1, dim)` for direct)."""
         if self.mode == "off":
             return base_query
         if guide is None:
@@ -138,11 +177,21 @@ class HicomInjection(nn.Module):
                 f"The `{self.mode}` instruction injection needs the instruction: pass `instruct_input_ids` "
                 "(the processor returns them)."
             )
+        expected = 2 if self.mode == "fine" else 1
+        if guide.ndim != expected:
+            form = "one row per instruction token" if self.mode == "fine" else "the pooled instruction embedding"
+            raise ValueError(
+                f"`{self.mode}` injection needs {form}: a {expected}-D `guide`, got shape {tuple(guide.shape)}."
+            )
         guide = self.guide_adapter(self.text2qk(guide))
         if self.mode == "direct":
             return guide[None]
-        scale, shift = self.film(guide).chunk(2, dim=-1)
-        return self.norm(base_query * (1 + scale) + shift)
+        if self.mode == "coarse":
+            scale, shift = self.film(guide).chunk(2, dim=-1)
+            return self.norm(base_query * (1 + scale) + shift)
+        # Every query attends over all instruction rows, padding included: the reference passes no mask.
+        attended = self.attn(base_query.reshape(-1, base_query.shape[-1]), guide).view_as(base_query)
+        return self.norm(base_query + attended)
 
 
 @dataclass
@@ -177,10 +226,20 @@ class HicomLocalCompressor(nn.Module):
         dim, act = config.vision_config.hidden_size, config.projector_hidden_act
         self.temporal_kernel = config.local_temporal_kernel
         self.spatial_kernel = config.local_spatial_kernel
-        self.injection = HicomInjection(config.local_injection, guide_dim, dim, config.adapt_guide, act)
-        self.key_adapter = _maybe_adapter(config.adapt_key, dim, act)
-        self.value_adapter = _maybe_adapter(config.adapt_value, dim, act)
-        self.query_adapter = _maybe_adapter(config.adapt_query, dim, act)
+        self.injection = HicomInjection(
+            config.local_injection, guide_dim, dim, config.local_adapt_guide, act, config.num_global_heads
+        )
+        self.query_adapter = (
+            HicomAdapter(nn.Linear(dim, dim, bias=False), dim) if config.local_adapt_query else nn.Identity()
+        )
+        self.key_adapter = _mlp_adapter(config.local_adapt_key, dim, act)
+        self.value_adapter = _mlp_adapter(config.local_adapt_value, dim, act)
+        # The reference keys on the patch embeddings only when it encodes an instruction; otherwise on the features.
+        self.keys_are_patch_embeds = config.instruction_embedding != "none"
+        self.clip_scale = config.local_clip_scale
+        if self.clip_scale:
+            self.logit_scale = nn.Parameter(torch.zeros(1))
+            self.logit_bias = nn.Parameter(torch.zeros(1))
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
     def plan(self, num_frames: int, height: int, width: int) -> LocalPlan:
@@ -205,6 +264,11 @@ class HicomLocalCompressor(nn.Module):
         hold frames `frame_offset ...` of the video (at least every frame those cells need, see `LocalPlan`).
         `out`, if given, is the `(cells, C)` tensor the tokens are written to (and returned as)."""
         _, height, width, dim = features.shape
+        keys = patch_embeds if self.keys_are_patch_embeds else features
+        if self.clip_scale and self.keys_are_patch_embeds:
+            # SigLIP's similarity is between unit vectors: the reference normalizes E and g before anything else.
+            keys = _l2_normalize(keys)
+            guide = _l2_normalize(guide) if guide is not None else None
         index = plan.index[first_cell:end_cell].to(features.device) - frame_offset * height * width
         grid = plan.index.shape[1:3]
 
@@ -223,7 +287,7 @@ class HicomLocalCompressor(nn.Module):
             base_query = self.query_adapter(base_query.to(features.dtype))
         query = self.injection(guide, base_query).float()  # (1, dim) or (cells, H', W', dim)
 
-        keys = self.key_adapter(patch_embeds).flatten(0, 2)
+        keys = self.key_adapter(keys).flatten(0, 2)
         values = self.value_adapter(features).flatten(0, 2)
         cell_grid = index.shape[:3]
         index, query = index.flatten(0, 2), query.flatten(0, -2)
@@ -240,8 +304,8 @@ class HicomLocalCompressor(nn.Module):
                 cell_query = block_query if block_query.shape[0] == 1 else block_query[sub : sub + cells.shape[0]]
                 scores = torch.stack(
                     [(keys[cells[:, k]].float() * cell_query).sum(-1) for k in range(cells.shape[-1])], dim=-1
-                ) / math.sqrt(dim)
-                cell_weights = scores.softmax(dim=-1)
+                )
+                cell_weights = self.scale_scores(scores).softmax(dim=-1)
                 pooled[sub : sub + cells.shape[0]] = sum(
                     cell_weights[:, k, None] * values[cells[:, k]].float() for k in range(cells.shape[-1])
                 )
@@ -259,20 +323,27 @@ class HicomLocalCompressor(nn.Module):
         weights = torch.cat(weights).view(*cell_grid, -1) if output_attentions else None
         return LevelOutput(tokens, weights)
 
+    def scale_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """float32 dot products -> logits: `/ sqrt(D)`, or SigLIP's learned temperature and bias with CLIP scale."""
+        if self.clip_scale:
+            return scores * self.logit_scale.float().exp() + self.logit_bias.float()
+        return scores / math.sqrt(self.readout.linear_1.in_features)
+
 
 @dataclass
 class GlobalAttentionState:
     """Running state of `HicomGlobalAttention` over a clip whose frames arrive a chunk at a time (online softmax).
 
     `u (Q*heads, D)`: the reassociated, pre-scaled key projection of each (query, head); `position_scores`: per axis,
-    `table @ u.T`. With `peak` the largest score so far, `total`, `pooled`, `rows`, `columns` are the sums of
+    `table @ u.T` (with CLIP scale: `u (Q, heads, head_dim)` the normalized, scaled projected queries, and no position
+    scores). With `peak` the largest score so far, `total`, `pooled`, `rows`, `columns` are the sums of
     `exp(score - peak)` (over all positions, against the features, per row, per column); `frames` holds per-frame sums
     with the peak they were taken against. `scores` keeps every score only when the weights are asked for.
     """
 
     u: torch.Tensor
     tables: list
-    position_scores: list
+    position_scores: list | None
     scores: list | None
     frames_seen: int = 0
     peak: torch.Tensor | None = None
@@ -283,27 +354,30 @@ class GlobalAttentionState:
     frames: list = field(default_factory=list)
 
 
-class HicomGlobalAttention(nn.Module):
-    """Multi-head cross-attention of the global queries over every position of the clip.
+class HicomGlobalAttention(HicomAttention):
+    """`HicomAttention` of the global queries over every position of the clip, keys and values `F + P`.
 
     Computed in an exactly reassociated form: with few queries, projecting all `T*H*W` positions with `W_k` and `W_v`
     dominates the cost, so positions are scored with `W_k^T q` (the key bias adds a per-query constant that softmax
     ignores) and `W_v` is applied once to the attention-weighted sum of positions (the weights sum to 1). The softmax
     is accumulated chunk by chunk (`begin` / `update` / `finish`), so the clip's features need not be kept.
+
+    With CLIP scale (SigLIP-style attention) the projected queries and keys are L2-normalized over the full width and
+    scores are `q_h . k_h * exp(logit_scale) + logit_bias`. A key's normalization follows its projection, so scores
+    cannot be reassociated: each position's key is projected (the plain path). The value side stays reassociated,
+    which is exact for any weights summing to 1.
     """
 
     # Positions converted to float32 at once (whole frames per step, frames cut into pieces of this many positions):
     # bounds the scratch memory of half-precision models, not the results.
     position_block = 256
 
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+    def __init__(self, dim: int, num_heads: int, clip_scale: bool = False):
+        super().__init__(dim, num_heads)
+        self.clip_scale = clip_scale
+        if clip_scale:
+            self.logit_scale = nn.Parameter(torch.zeros(1))
+            self.logit_bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, queries, features, position_embeds, output_attentions=False):
         """`queries (Q, D)`, `features (T, H, W, D)`, `position_embeds`: per-axis sin-cos tables `(T|H|W, D)`.
@@ -318,25 +392,32 @@ class HicomGlobalAttention(nn.Module):
     def begin(self, queries, position_embeds, output_attentions=False) -> GlobalAttentionState:
         num_queries, dim = queries.shape
         heads, head_dim = self.num_heads, self.head_dim
+        tables = [table.to(queries.device) for table in position_embeds]
+        scores = [] if output_attentions else None
+        if self.clip_scale:
+            q = _l2_normalize(self.q_proj(queries).float()) * self.logit_scale.float().exp()
+            return GlobalAttentionState(q.view(num_queries, heads, head_dim), tables, None, scores)
         q = self.q_proj(queries).float().view(num_queries, heads, head_dim)
         k_weight = self.k_proj.weight.view(heads, head_dim, dim)
         # u[q, h] = W_k,h^T q_h: a position's score is its feature row dotted with u. (One head's weights in float32
         # at a time: no float32 copy of the whole matrix for half-precision models.)
         u = torch.stack([q[:, h] @ k_weight[h].float() for h in range(heads)], dim=1)
         u = u.reshape(num_queries * heads, dim) * head_dim**-0.5
-        tables = [table.to(u.device) for table in position_embeds]
-        return GlobalAttentionState(u, tables, [t @ u.T for t in tables], [] if output_attentions else None)
+        return GlobalAttentionState(u, tables, [t @ u.T for t in tables], scores)
 
     def update(self, state: GlobalAttentionState, features: torch.Tensor) -> None:
         """Add the next frames `features (n, H, W, D)` of the clip."""
         _, height, width, dim = features.shape
-        pt, ph, pw = state.position_scores
         for block in features.split(max(1, self.position_block // (height * width))):
             first, count = state.frames_seen, block.shape[0]
             state.frames_seen += count
             pieces = block.reshape(-1, dim).split(self.position_block)  # views: `.float()` copies one piece at a time
-            scores = torch.cat([piece.float() @ state.u.T for piece in pieces]).view(count, height, width, -1)
-            scores = scores + pt[first : first + count, None, None] + ph[None, :, None] + pw[None, None, :]
+            if self.clip_scale:
+                scores = self.normalized_scores(state, block, first)
+            else:
+                pt, ph, pw = state.position_scores
+                scores = torch.cat([piece.float() @ state.u.T for piece in pieces]).view(count, height, width, -1)
+                scores = scores + pt[first : first + count, None, None] + ph[None, :, None] + pw[None, None, :]
             if state.scores is not None:
                 state.scores.append(scores.flatten(0, 2))
             peak = scores.flatten(0, 2).max(dim=0).values  # (Q*heads,)
@@ -359,6 +440,16 @@ class HicomGlobalAttention(nn.Module):
             state.peak = peak
             state.total, state.pooled, state.rows, state.columns = parts
             del pieces, scores, numerators, weights  # before the next block's are made
+
+    def normalized_scores(self, state: GlobalAttentionState, block: torch.Tensor, first: int) -> torch.Tensor:
+        """CLIP-scale scores `(n, H, W, Q*heads)` of frames `first ... first + n` (`block (n, H, W, D)`), plainly:
+        keys `normalize(W_k (F + P) + b_k)` per position, against the normalized, scaled queries in `state.u`."""
+        table_t, table_h, table_w = state.tables
+        positions = table_t[first : first + block.shape[0], None, None] + table_h[None, :, None] + table_w[None, None, :]
+        keys = _l2_normalize(self.k_proj((block.float() + positions).to(block.dtype)).float())
+        keys = keys.unflatten(-1, (self.num_heads, self.head_dim))
+        scores = torch.einsum("thwnd,qnd->thwqn", keys, state.u).flatten(-2)
+        return scores + self.logit_bias.float()
 
     def finish(self, state: GlobalAttentionState, queries: torch.Tensor):
         """`(Q, D)` attended values and, if `begin` was asked for them, the weights `(heads, Q, T*H*W)`."""
@@ -387,9 +478,10 @@ class HicomGlobalCompressor(nn.Module):
         dim, act = config.vision_config.hidden_size, config.projector_hidden_act
         self.num_queries = config.num_global_queries
         self.query = nn.Parameter(torch.zeros(config.num_global_queries, dim))
-        self.injection = HicomInjection(config.global_injection, guide_dim, dim, config.adapt_guide, act)
-        self.query_adapter = _maybe_adapter(config.adapt_query, dim, act)
-        self.attn = HicomGlobalAttention(dim, config.num_global_heads)
+        self.injection = HicomInjection(
+            config.global_injection, guide_dim, dim, config.global_adapt_guide, act, config.num_global_heads
+        )
+        self.attn = HicomGlobalAttention(dim, config.num_global_heads, clip_scale=config.global_clip_scale)
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
     def forward(self, features, guide, output_attentions=False) -> LevelOutput:
@@ -400,7 +492,7 @@ class HicomGlobalCompressor(nn.Module):
     def begin(self, grid, guide, dtype, output_attentions=False):
         """Queries and the attention's running state for a `(T, H, W)` clip; feed frames with `self.attn.update`."""
         dim = self.query.shape[-1]
-        base_query = self.query_adapter(self.query) if self.injection.needs_base_query else None
+        base_query = self.query if self.injection.needs_base_query else None
         # Direct injection gives every global query the same vector: compute one and repeat it.
         queries = self.injection(guide, base_query).to(dtype)
         tables = [sincos_embedding_1d(n, dim) for n in grid]
@@ -416,25 +508,27 @@ class HicomGlobalCompressor(nn.Module):
 
 
 class HicomCompressor(nn.Module):
-    """Local tokens (in `t, h, w` order) followed by global tokens, one video at a time."""
+    """Local tokens (in `t, h, w` order) followed by global tokens, one video at a time. Either level may be absent
+    (`use_local_level=False`, `num_global_queries=0`)."""
 
     def __init__(self, config):
         super().__init__()
         guide_dim = config.instruct_config.projection_size
-        self.local_level = HicomLocalCompressor(config, guide_dim)
+        self.local_level = HicomLocalCompressor(config, guide_dim) if config.use_local_level else None
         self.global_level = HicomGlobalCompressor(config, guide_dim) if config.num_global_queries > 0 else None
 
     @property
     def needs_guide(self) -> bool:
-        levels = [self.local_level] + ([self.global_level] if self.global_level is not None else [])
+        levels = [level for level in (self.local_level, self.global_level) if level is not None]
         return any(level.injection.mode != "off" for level in levels)
 
     def forward(self, features, patch_embeds, guide=None, output_attentions=False):
-        """`features`, `patch_embeds`: `(T, H, W, D)`; `guide`: `(guide_dim,)` or None.
+        """`features`, `patch_embeds`: `(T, H, W, D)`; `guide`: `(guide_dim,)` (the pooled instruction embedding),
+        `(tokens, guide_dim)` (one row per instruction token, for fine injection) or None (no injection).
 
-        Returns `(tokens (N, C), local_weights, global_weights)`; the weights (only with `output_attentions`) are
-        `(T', H', W', window)` softmax weights of each local cell over its window (positions from `window_index`)
-        and `(heads, num_global_queries, T*H*W)`.
+        Returns `(tokens (N, C), local_weights, global_weights)`; the weights (only with `output_attentions`, None for
+        an absent level) are `(T', H', W', window)` softmax weights of each local cell over its window (positions
+        from `window_index`) and `(heads, num_global_queries, T*H*W)`.
         """
         stream = self.stream(features.shape[:3], guide, features.dtype, output_attentions)
         stream.update(features, patch_embeds)
@@ -460,12 +554,14 @@ class HicomCompressionStream:
         self.num_frames, self.height, self.width = grid
         self.guide = guide
         self.output_attentions = output_attentions
-        self.plan = compressor.local_level.plan(*grid)
         self.next_cell, self.frames_seen = 0, 0
         self.buffer_start, self.buffer = 0, []  # kept (features, patch_embeds) chunks, from frame `buffer_start`
         self.output, self.local_attentions = None, []  # output: (local + global tokens, C), filled as cells complete
-        self.spatial_cells = self.plan.index.shape[1] * self.plan.index.shape[2]  # local tokens per temporal cell
-        self.num_local_tokens = self.spatial_cells * self.plan.index.shape[0]
+        self.plan, self.num_local_tokens = None, 0
+        if compressor.local_level is not None:
+            self.plan = compressor.local_level.plan(*grid)
+            self.spatial_cells = self.plan.index.shape[1] * self.plan.index.shape[2]  # local tokens per temporal cell
+            self.num_local_tokens = self.spatial_cells * self.plan.index.shape[0]
         self.global_queries = self.global_state = None
         if compressor.global_level is not None:
             dtype = dtype or compressor.global_level.readout.linear_1.weight.dtype
@@ -483,6 +579,8 @@ class HicomCompressionStream:
         if self.global_state is not None:
             self.compressor.global_level.attn.update(self.global_state, features)
         self.frames_seen += count
+        if self.plan is None:
+            return
         self.buffer.append((features, patch_embeds))
         plan, ready = self.plan, self.next_cell
         while ready < len(plan.end_frame) and plan.end_frame[ready] <= self.frames_seen:
@@ -519,10 +617,14 @@ class HicomCompressionStream:
         """`(tokens (N, C), local_weights, global_weights)`, as `HicomCompressor.forward`."""
         if self.frames_seen != self.num_frames:
             raise ValueError(f"The video has {self.num_frames} frames but only {self.frames_seen} were fed.")
-        local_attentions = torch.cat(self.local_attentions) if self.output_attentions else None
+        local_attentions = None
+        if self.output_attentions and self.plan is not None:
+            local_attentions = torch.cat(self.local_attentions)
         if self.global_state is None:
             return self.output, local_attentions, None
         global_ = self.compressor.global_level.finish(self.global_queries, self.global_state)
+        if self.plan is None:
+            return global_.tokens, None, global_.attentions
         self.output[self.num_local_tokens :] = global_.tokens
         return self.output, local_attentions, global_.attentions
 

@@ -5,12 +5,23 @@ string has a parsing quirk (see ``conversion/``). Here every compressor choice i
 field, so a config reads as what the model computes.
 """
 
+from typing import Literal
+
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, SiglipTextConfig, SiglipVisionConfig
 from transformers.configuration_utils import PreTrainedConfig
 
-INJECTION_MODES = ("direct", "coarse", "off")
+InjectionMode = Literal["off", "direct", "coarse", "fine"]
 NEWLINE_POSITIONS = ("none",)
+# Boolean options of each level (all False when the level is absent).
+LEVEL_OPTIONS = {
+    "local": (
+        "local_adapt_query", "local_adapt_key", "local_adapt_value", "local_adapt_guide", "local_clip_scale",
+    ),
+    "global": ("global_adapt_guide", "global_clip_scale"),
+}
+# Fields of configs saved before the adapters were set per level; they were always False in converted checkpoints.
+LEGACY_ADAPTER_FIELDS = ("adapt_key", "adapt_value", "adapt_query", "adapt_guide")
 _SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
 
 # Sub-config defaults are the released model: SigLIP so400m-patch14-384 (both towers) + Qwen2.5-7B-Instruct.
@@ -50,12 +61,19 @@ class HicomConfig(PreTrainedConfig):
         text_config (`Qwen2Config` or `dict`): the language model.
         vision_feature_layer (`int`, defaults to -2): hidden state of the vision tower used as compression values.
         local_temporal_kernel / local_spatial_kernel (`int`, defaults to 4 / 3): size of the local windows.
-        local_injection / global_injection (`str`): how the instruction enters each level's queries:
-            `"direct"` (the query is the instruction embedding), `"coarse"` (FiLM modulation of the
-            unconditional query) or `"off"` (unconditional compression).
+        use_local_level (`bool`, defaults to `True`): compress local windows; `False` gives a global-only projector.
         num_global_queries (`int`, defaults to 32): global tokens per video; 0 disables the global level.
-        adapt_key / adapt_value / adapt_query / adapt_guide (`bool`): add a gated residual adapter
-            `(1 - a) * x + a * LN(MLP(x))` on the keys, values, unconditional queries or instruction embedding.
+        local_injection / global_injection (`"off"`, `"direct"`, `"coarse"` or `"fine"`): how the instruction enters
+            each level's queries: `"direct"` (the query is the pooled instruction embedding), `"coarse"` (FiLM
+            modulation of the unconditional query by it), `"fine"` (the unconditional query cross-attends to the
+            instruction's per-token embeddings) or `"off"` (unconditional compression). A model that injects at no
+            level encodes no instruction, and its local keys are the features themselves (as in the reference).
+        local_adapt_query / local_adapt_key / local_adapt_value / local_adapt_guide / global_adapt_guide (`bool`):
+            gated residual adapters `(1 - a) * x + a * LN(proj(x))` on the local level's unconditional queries (a
+            bias-free linear `proj`; not with direct injection, which has no such query), keys, values, or on the
+            instruction embedding of either level (an MLP `proj` each). The reference has no other adapters.
+        local_clip_scale / global_clip_scale (`bool`): SigLIP-style attention at that level: L2-normalized
+            queries and keys, scores `q . k * exp(logit_scale) + logit_bias` instead of `q . k / sqrt(d)`.
         newline_position (`str`, defaults to `"none"`): separator tokens between frames; the release uses none.
         projector_hidden_act (`str`, defaults to `"gelu"`): activation of the compressor MLPs.
         video_token_id / image_token_id (`int`): placeholder ids that the compressed tokens replace.
@@ -74,13 +92,17 @@ class HicomConfig(PreTrainedConfig):
     vision_feature_layer: int = -2
     local_temporal_kernel: int = 4
     local_spatial_kernel: int = 3
-    local_injection: str = "direct"
-    global_injection: str = "direct"
+    use_local_level: bool = True
     num_global_queries: int = 32
-    adapt_key: bool = False
-    adapt_value: bool = False
-    adapt_query: bool = False
-    adapt_guide: bool = False
+    local_injection: InjectionMode = "direct"
+    global_injection: InjectionMode = "direct"
+    local_adapt_query: bool = False
+    local_adapt_key: bool = False
+    local_adapt_value: bool = False
+    local_adapt_guide: bool = False
+    global_adapt_guide: bool = False
+    local_clip_scale: bool = False
+    global_clip_scale: bool = False
     newline_position: str = "none"
     projector_hidden_act: str = "gelu"
     video_token_id: int = 151665
@@ -98,10 +120,9 @@ class HicomConfig(PreTrainedConfig):
                 # A saved config carries `model_type`; the class is fixed here, so it is not an argument.
                 value = config_class(**{key: item for key, item in value.items() if key != "model_type"})
             setattr(self, name, value)
+        _drop_legacy_adapter_fields(kwargs)
         super().__post_init__(**kwargs)
-        for name in ("local_injection", "global_injection"):
-            if getattr(self, name) not in INJECTION_MODES:
-                raise ValueError(f"`{name}` must be one of {INJECTION_MODES}, got {getattr(self, name)!r}.")
+        self._check_variant()
         if self.newline_position not in NEWLINE_POSITIONS:
             raise ValueError(f"`newline_position` must be one of {NEWLINE_POSITIONS}, got {self.newline_position!r}.")
         for name in ("local_temporal_kernel", "local_spatial_kernel", "instruct_max_length", "vision_batch_size"):
@@ -117,10 +138,62 @@ class HicomConfig(PreTrainedConfig):
         if not getattr(self.vision_config, "vision_use_head", True):
             raise ValueError("HICom needs the SigLIP vision head (`vision_config.vision_use_head=True`).")
 
+    def _check_variant(self) -> None:
+        """Combinations of the per-level settings that no model computes (each field alone is checked by its type)."""
+        levels = {"local": self.use_local_level, "global": self.num_global_queries > 0}
+        if not any(levels.values()):
+            raise ValueError("The compressor needs a level: set `use_local_level=True` or `num_global_queries` > 0.")
+        for level, present in levels.items():
+            enabled = [name for name in LEVEL_OPTIONS[level] if getattr(self, name)]
+            if not present and enabled:
+                raise ValueError(f"`{enabled[0]}=True` has no effect: the model has no {level} level.")
+            if present and getattr(self, f"{level}_injection") == "off" and getattr(self, f"{level}_adapt_guide"):
+                raise ValueError(
+                    f"`{level}_adapt_guide=True` has no effect with `{level}_injection='off'` (no instruction enters "
+                    f"the {level} level)."
+                )
+        if self.local_adapt_query and self.local_injection == "direct":
+            raise ValueError(
+                "`local_adapt_query=True` has no effect with `local_injection='direct'`: the query is the instruction "
+                "embedding, no unconditional query is computed (the reference turns this adapter off)."
+            )
+        modes = {self.local_injection if self.use_local_level else "off", self.global_injection if levels["global"] else "off"}
+        if "fine" in modes and modes - {"fine", "off"}:
+            raise ValueError(
+                f"`local_injection={self.local_injection!r}` and `global_injection={self.global_injection!r}` cannot be "
+                "combined: fine injection reads the instruction's per-token embeddings, direct and coarse its pooled "
+                "embedding, and the instruction is encoded one way per model (as in the reference)."
+            )
+
+    @property
+    def instruction_embedding(self) -> Literal["none", "pooled", "per_token"]:
+        """What the instruction encoder gives the compressor: nothing if no level injects the instruction, one row
+        per instruction token (padding included) for fine injection, else the pooled embedding."""
+        modes = []
+        if self.use_local_level:
+            modes.append(self.local_injection)
+        if self.num_global_queries > 0:
+            modes.append(self.global_injection)
+        if "fine" in modes:
+            return "per_token"
+        return "pooled" if any(mode != "off" for mode in modes) else "none"
+
     @property
     def num_global_heads(self) -> int:
         """The reference uses `hidden_size // 128` heads (9 for so400m); tiny test models get at least one."""
         return max(1, self.vision_config.hidden_size // 128)
+
+
+def _drop_legacy_adapter_fields(kwargs: dict) -> None:
+    """Configs converted before adapters were per level carry `adapt_*` fields, all False (the converter refused
+    adapters then): drop them. A True one comes from an in-process model whose adapter layout no longer exists."""
+    for name in LEGACY_ADAPTER_FIELDS:
+        if kwargs.pop(name, False):
+            raise ValueError(
+                f"`{name}=True` is from an older HicomConfig whose adapters were not the reference's; set the per-level "
+                "fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_guide`, "
+                "`global_adapt_guide`) and re-convert the checkpoint."
+            )
 
 
 __all__ = ["HicomConfig"]

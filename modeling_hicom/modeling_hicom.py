@@ -6,6 +6,7 @@ video placeholder tokens in the language model's input. See DESIGN.md for the ex
 """
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -18,7 +19,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .compressor_hicom import HicomAdapter, HicomCompressor, HicomGlobalCompressor
+from .compressor_hicom import (
+    HicomAdapter,
+    HicomCompressor,
+    HicomGlobalAttention,
+    HicomGlobalCompressor,
+    HicomLocalCompressor,
+)
 from .configuration_hicom import HicomConfig
 from .remote_code import save_remote_code
 
@@ -201,6 +208,10 @@ class HicomPreTrainedModel(PreTrainedModel):
             module.query.normal_(mean=0.0, std=self.config.vision_config.hidden_size**-0.5)
         elif isinstance(module, HicomAdapter):
             module.gate.zero_()
+        if isinstance(module, (HicomLocalCompressor, HicomGlobalAttention)) and module.clip_scale:
+            # SigLIP's initial temperature and bias (converted checkpoints carry the trained ones).
+            module.logit_scale.fill_(math.log(10.0))
+            module.logit_bias.fill_(-10.0)
 
 
 class HicomModel(HicomPreTrainedModel):
@@ -209,7 +220,10 @@ class HicomModel(HicomPreTrainedModel):
     def __init__(self, config: HicomConfig):
         super().__init__(config)
         self.vision_tower = SiglipVisionModel(config.vision_config)
-        self.instruct_encoder = SiglipTextModel(config.instruct_config)
+        # A model that injects the instruction at no level has no instruction encoder (nor its weights).
+        self.instruct_encoder = (
+            SiglipTextModel(config.instruct_config) if config.instruction_embedding != "none" else None
+        )
         self.compressor = HicomCompressor(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
@@ -254,8 +268,15 @@ class HicomModel(HicomPreTrainedModel):
             yield selected.unflatten(1, (side, side)), embeds.unflatten(1, (side, side))
 
     def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
-        """SigLIP text `pooler_output` `(num_videos, guide_dim)`: the head of the last (padded) position."""
-        return self.instruct_encoder(input_ids=instruct_input_ids, attention_mask=instruct_attention_mask).pooler_output
+        """The instruction as the compressor reads it: SigLIP text `pooler_output` `(num_videos, guide_dim)` (the head of
+        the last, padded position), or for fine injection the head applied to every position, `(num_videos,
+        instruct_max_length, guide_dim)` (padding rows included, as in the reference)."""
+        if self.instruct_encoder is None:
+            raise ValueError("This model injects the instruction at no level: it has no instruction encoder.")
+        outputs = self.instruct_encoder(input_ids=instruct_input_ids, attention_mask=instruct_attention_mask)
+        if self.config.instruction_embedding == "per_token":
+            return self.instruct_encoder.text_model.head(outputs.last_hidden_state)
+        return outputs.pooler_output
 
     def _check_visual_inputs(self, pixel_values, num_frames, instruct_input_ids, name):
         if not isinstance(pixel_values, torch.Tensor):
@@ -369,7 +390,7 @@ class HicomModel(HicomPreTrainedModel):
         output = HicomVideoFeaturesOutput(
             pooler_output=tuple(tokens),
             grid_shapes=tuple((n, side, side) for n in num_frames),
-            local_attentions=tuple(local_attn) if output_attentions else None,
+            local_attentions=tuple(local_attn) if output_attentions and self.compressor.local_level is not None else None,
             global_attentions=tuple(global_attn) if output_attentions and self.compressor.global_level else None,
         )
         return output if return_dict else output.to_tuple()
