@@ -347,17 +347,20 @@ tags: [hicom, video-llm, token-compression, custom_code]
 # {name} (HICom, transformers format)
 
 HICom (CVPR 2025, arXiv 2503.16036) compresses a video's visual tokens *conditioned on the question*: attention
-inside {kt}x{ks}x{ks} space-time windows (local level) and {nq} learnable-query tokens over the whole clip (global level).
+inside space-time windows (local level) and learnable-query tokens over the whole clip (global level).
+
+## Variant
+{variant}
 
 ## Token budget
 | frames | raw SigLIP tokens | HICom tokens |
 | --- | --- | --- |
 {budget}
 
-## Release quirk: identical global tokens
-The original config says `mm_projector_type: {projector}` with `use_guide: {use_guide}`. The authors' parser only
-switches a level to another injection mode through a `guide<mode>` word, so this checkpoint uses
-`local_injection={local}` and `global_injection={global_}`.{quirk}
+## How the original settings were read
+The original config says `mm_projector_type: {projector}` with `use_guide: {use_guide}` and `use_clip_scale:
+{clip_scale!r}`. The authors' parser only switches a level to another injection mode through a `guide<mode>` word, so
+this checkpoint uses `local_injection={local}` and `global_injection={global_}`.{quirk}
 
 ## Usage
 ```python
@@ -375,6 +378,36 @@ release (weights stored as {dtype}).
 """
 
 
+INJECTION_WORDS = {
+    "off": "no instruction injection",
+    "direct": "direct injection",
+    "coarse": "coarse injection",
+    "fine": "fine injection",
+}
+
+
+def describe_variant(config: HicomConfig) -> str:
+    """The compressor in words, e.g. "local: 4x3x3 windows, direct injection, adapters k,v; global: 32 queries, coarse
+    injection, adapter g; CLIP-scale attention: none"."""
+    parts = ["local: none"]
+    if config.use_local_level:
+        adapters = ",".join(
+            letter for letter, name in zip("qkvg", ("query", "key", "value", "guide"))
+            if getattr(config, f"local_adapt_{name}")
+        )
+        kt, ks = config.local_temporal_kernel, config.local_spatial_kernel
+        parts[0] = f"local: {kt}x{ks}x{ks} windows, {INJECTION_WORDS[config.local_injection]}, adapters {adapters or 'none'}"
+    if config.num_global_queries:
+        adapter = "g" if config.global_adapt_guide else "none"
+        injection = INJECTION_WORDS[config.global_injection]
+        parts.append(f"global: {config.num_global_queries} queries, {injection}, adapter {adapter}")
+    else:
+        parts.append("global: none")
+    clip = [level for level in ("local", "global") if getattr(config, f"{level}_clip_scale")]
+    parts.append(f"CLIP-scale attention: {','.join(clip) or 'none'}")
+    return "; ".join(parts)
+
+
 def write_model_card(output: Path, config: HicomConfig, processor, original: dict, input_dir: Path, vision_tower: Path, dtype):
     rows = [
         f"| {n} | {processor.num_raw_tokens(n):,} | {processor.num_video_tokens(n):,} |" for n in (8, 32, 64, 128)
@@ -389,9 +422,9 @@ def write_model_card(output: Path, config: HicomConfig, processor, original: dic
     )
     (output / "README.md").write_text(
         MODEL_CARD.format(
-            name=output.name, kt=config.local_temporal_kernel, ks=config.local_spatial_kernel,
-            nq=config.num_global_queries, budget="\n".join(rows), projector=original["mm_projector_type"],
-            use_guide=original.get("use_guide"), local=config.local_injection, global_=config.global_injection,
+            name=output.name, variant=describe_variant(config), budget="\n".join(rows),
+            projector=original["mm_projector_type"], use_guide=original.get("use_guide"),
+            clip_scale=original.get("use_clip_scale", ""), local=config.local_injection, global_=config.global_injection,
             quirk=quirk, input=input_dir.name, vision=vision_tower.name, dtype=str(dtype).replace("torch.", ""),
         )
     )

@@ -213,8 +213,9 @@ class HicomProcessor(ProcessorMixin):
         video_processor: a `HicomVideoProcessor` (frame sampling and SigLIP preprocessing; also used for images).
         chat_template (`str`, defaults to `HICOM_CHAT_TEMPLATE`): Qwen2.5 ChatML; video blocks render as `"<video>\n"`.
         video_token / image_token (`str`): placeholders in the prompt.
-        temporal_kernel / spatial_kernel / num_global_queries: the compressor's settings (the model config's
-            `local_temporal_kernel`, `local_spatial_kernel`, `num_global_queries`); they fix the token count.
+        temporal_kernel / spatial_kernel / num_global_queries / use_local_level: the compressor's settings (the model
+            config's `local_temporal_kernel`, `local_spatial_kernel`, `num_global_queries`, `use_local_level`); they
+            fix the token count.
         instruct_max_length (`int`, defaults to 64): instruction length (SigLIP pools the last position, so
             instructions are padded to it).
     """
@@ -231,6 +232,7 @@ class HicomProcessor(ProcessorMixin):
         spatial_kernel=3,
         num_global_queries=32,
         instruct_max_length=64,
+        use_local_level=True,
     ):
         for name, value in (("temporal_kernel", temporal_kernel), ("spatial_kernel", spatial_kernel),
                             ("instruct_max_length", instruct_max_length)):
@@ -238,11 +240,14 @@ class HicomProcessor(ProcessorMixin):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if not isinstance(num_global_queries, int) or num_global_queries < 0:
             raise ValueError(f"`num_global_queries` must be a non-negative integer, got {num_global_queries!r}.")
+        if not isinstance(use_local_level, bool):
+            raise ValueError(f"`use_local_level` must be True or False, got {use_local_level!r}.")
         self.video_token = video_token
         self.image_token = image_token
         self.temporal_kernel = temporal_kernel
         self.spatial_kernel = spatial_kernel
         self.num_global_queries = num_global_queries
+        self.use_local_level = use_local_level
         self.instruct_max_length = instruct_max_length
         super().__init__(
             tokenizer, instruct_tokenizer, video_processor, chat_template=chat_template or HICOM_CHAT_TEMPLATE
@@ -316,7 +321,8 @@ class HicomProcessor(ProcessorMixin):
         kt = 1 if num_frames == 1 else self.temporal_kernel
         rows, cols = self._patch_grid()
         ks = self.spatial_kernel
-        return math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) + self.num_global_queries
+        local = math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) if self.use_local_level else 0
+        return local + self.num_global_queries
 
     def num_raw_tokens(self, num_frames: int) -> int:
         """SigLIP patch tokens of `num_frames` frames without compression (32 frames at 384 px: 23,328)."""
@@ -634,6 +640,7 @@ class HicomProcessor(ProcessorMixin):
                 "spatial_kernel": config.local_spatial_kernel,
                 "num_global_queries": config.num_global_queries,
                 "instruct_max_length": config.instruct_max_length,
+                "use_local_level": config.use_local_level,
             }
         return cls(tokenizer, instruct_tokenizer, video_processor, chat_template=chat_template, **settings)
 

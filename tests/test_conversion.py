@@ -1,4 +1,5 @@
-"""Converter: fixture parity through the whole convert -> remote-code load path, the release layout, refusals."""
+"""Converter: parity with both fixtures through the whole convert -> remote-code load path, the projector-type parser
+(every setting the reference reads), the release layout, refusals."""
 
 import json
 import re
@@ -19,17 +20,34 @@ from conversion.convert_hicom_original_to_hf import (
     parse_projector_type,
     rename_key,
 )
-from modeling_hicom import HicomForConditionalGeneration
+from modeling_hicom import HicomConfig, HicomForConditionalGeneration
 
-FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
+FIXTURES = Path(__file__).parent / "fixtures"
+# The release's variant, and local + global coarse injection with every adapter the reference has.
+FIXTURE_NAMES = ("hicom-tiny-reference", "hicom-tiny-adapt-coarse")
+FIXTURE = FIXTURES / FIXTURE_NAMES[0]
 ORIGINAL = FIXTURE / "original_checkpoint"
 SIGLIP = FIXTURE / "siglip-so400m-patch14-384"
 REFERENCE = load_file(FIXTURE / "reference_io.safetensors")
 
 
+@pytest.fixture(scope="module", params=FIXTURE_NAMES)
+def fixture_name(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def converted_fixture(tmp_path_factory):
-    return convert(ORIGINAL, SIGLIP, tmp_path_factory.mktemp("converted") / "hicom-tiny")
+def reference(fixture_name):
+    return load_file(FIXTURES / fixture_name / "reference_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def converted_fixture(fixture_name, tmp_path_factory):
+    folder = FIXTURES / fixture_name
+    return convert(
+        folder / "original_checkpoint", folder / "siglip-so400m-patch14-384",
+        tmp_path_factory.mktemp("converted") / fixture_name,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,45 +73,64 @@ def test_loaded_class(loaded):
     assert loaded.dtype == torch.float32
 
 
-def test_vision_features_and_patch_embeddings(loaded):
+def test_vision_features_and_patch_embeddings(loaded, reference):
     with torch.no_grad():
-        features, embeds = loaded.model.encode_frames(REFERENCE["pixel_values"].float())
-    assert max_error(features, REFERENCE["expected_vision_features"]) <= 1e-4
-    assert max_error(embeds, REFERENCE["expected_patch_embeds"]) <= 1e-4
+        features, embeds = loaded.model.encode_frames(reference["pixel_values"].float())
+    assert max_error(features, reference["expected_vision_features"]) <= 1e-4
+    assert max_error(embeds, reference["expected_patch_embeds"]) <= 1e-4
 
 
-def test_instruction_embedding(loaded):
+def test_instruction_embedding(loaded, reference):
     with torch.no_grad():
-        guide = loaded.model.encode_instructions(REFERENCE["guide_input_ids"], REFERENCE["guide_attention_mask"])
-    assert max_error(guide, REFERENCE["expected_guide_embeds"]) <= 1e-4
+        guide = loaded.model.encode_instructions(reference["guide_input_ids"], reference["guide_attention_mask"])
+    assert max_error(guide, reference["expected_guide_embeds"]) <= 1e-4
 
 
-def reference_inputs(model):
-    n_tokens = REFERENCE["expected_visual_tokens"].shape[0]
+def reference_inputs(model, reference):
+    n_tokens = reference["expected_visual_tokens"].shape[0]
     input_ids = torch.cat(
-        [REFERENCE["text_before_ids"], torch.full((n_tokens,), model.config.video_token_id), REFERENCE["text_after_ids"]]
+        [reference["text_before_ids"], torch.full((n_tokens,), model.config.video_token_id), reference["text_after_ids"]]
     )[None]
     return dict(
         input_ids=input_ids,
-        pixel_values_videos=REFERENCE["pixel_values"].float(),
-        video_num_frames=torch.tensor([8]),
-        instruct_input_ids=REFERENCE["guide_input_ids"],
-        instruct_attention_mask=REFERENCE["guide_attention_mask"],
+        pixel_values_videos=reference["pixel_values"].float(),
+        video_num_frames=torch.tensor([reference["pixel_values"].shape[0]]),
+        instruct_input_ids=reference["guide_input_ids"],
+        instruct_attention_mask=reference["guide_attention_mask"],
     )
 
 
-def test_visual_tokens_and_logits(loaded):
-    inputs = reference_inputs(loaded)
+def test_visual_tokens_and_logits(loaded, reference):
+    inputs = reference_inputs(loaded, reference)
     with torch.no_grad():
         out = loaded(**inputs)
-    assert max_error(out.video_hidden_states, REFERENCE["expected_visual_tokens"]) <= 1e-4
-    assert max_error(out.logits[0], REFERENCE["expected_logits"]) <= 1e-4
+    assert max_error(out.video_hidden_states, reference["expected_visual_tokens"]) <= 1e-4
+    assert max_error(out.logits[0], reference["expected_logits"]) <= 1e-4
 
 
-def test_release_quirk_gives_identical_global_tokens(loaded):
-    assert (loaded.config.local_injection, loaded.config.global_injection) == ("direct", "direct")
-    tokens = REFERENCE["expected_visual_tokens"][18:]
-    assert torch.allclose(tokens, tokens[:1].expand_as(tokens), atol=1e-6)
+def test_settings_read_from_each_fixture(loaded, fixture_name):
+    """The release quirk gives direct injection at both levels (32 identical global tokens); the adapt-coarse
+    fixture's `guidecoarse` words give coarse injection at both, with every adapter (its global tokens differ)."""
+    config = loaded.config
+    settings = (config.local_injection, config.global_injection, config.local_adapt_query, config.local_adapt_key,
+                config.local_adapt_value, config.local_adapt_guide, config.global_adapt_guide)
+    if fixture_name == "hicom-tiny-reference":
+        assert settings == ("direct", "direct") + (False,) * 5
+        tokens = REFERENCE["expected_visual_tokens"][18:]
+        assert torch.allclose(tokens, tokens[:1].expand_as(tokens), atol=1e-6)
+    else:
+        assert settings == ("coarse", "coarse") + (True,) * 5
+
+
+def test_model_card_states_the_variant(converted_fixture, fixture_name):
+    card = (converted_fixture / "README.md").read_text()
+    if fixture_name == "hicom-tiny-reference":
+        assert "local: 4x3x3 windows, direct injection, adapters none; global: 32 queries, direct injection" in card
+        assert "identical copies" in card
+    else:
+        assert "local: 4x3x3 windows, coarse injection, adapters q,k,v,g; global: 32 queries, coarse injection, " \
+            "adapter g; CLIP-scale attention: none" in card
+        assert "identical copies" not in card
 
 
 def test_converted_folder_is_self_contained(converted_fixture):
@@ -119,19 +156,19 @@ torch.save({"logits": out.logits, "video_hidden_states": out.video_hidden_states
 """
 
 
-def test_remote_code_reproduces_the_reference_in_a_fresh_process(converted_fixture, loaded, tmp_path):
+def test_remote_code_reproduces_the_reference_in_a_fresh_process(converted_fixture, loaded, reference, tmp_path):
     """The converted folder alone (its remote code, our package not importable) reproduces the authors' outputs."""
-    torch.save(reference_inputs(loaded), tmp_path / "inputs.pt")
+    torch.save(reference_inputs(loaded, reference), tmp_path / "inputs.pt")
     run_isolated(FRESH_PROCESS_CHECK, converted_fixture, tmp_path / "inputs.pt", tmp_path / "out.pt")
     out = torch.load(tmp_path / "out.pt")
-    assert max_error(out["video_hidden_states"], REFERENCE["expected_visual_tokens"]) <= 1e-4
-    assert max_error(out["logits"][0], REFERENCE["expected_logits"]) <= 1e-4
+    assert max_error(out["video_hidden_states"], reference["expected_visual_tokens"]) <= 1e-4
+    assert max_error(out["logits"][0], reference["expected_logits"]) <= 1e-4
 
 
-def test_save_pretrained_round_trips_exactly_in_a_fresh_process(loaded, tmp_path):
+def test_save_pretrained_round_trips_exactly_in_a_fresh_process(loaded, reference, tmp_path):
     saved = tmp_path / "resaved"
     loaded.save_pretrained(saved)
-    inputs = reference_inputs(loaded)
+    inputs = reference_inputs(loaded, reference)
     torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = loaded(**inputs).logits
@@ -152,39 +189,111 @@ def run_isolated(code, *args):
 # --- the projector-type parser and its quirk -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "projector, use_guide, expected",
-    [
-        ("local43_global32_coarse", "direct", ("direct", "direct", 4, 3, 32)),  # the release: "coarse" selects nothing
-        ("local43_global32", "direct", ("direct", "direct", 4, 3, 32)),
-        ("local22_global16", "", ("off", "off", 2, 2, 16)),
-        ("local43", "direct", ("direct", "off", 4, 3, 0)),
-        ("local43_guidedirect_global32", None, ("direct", "off", 4, 3, 32)),
-    ],
-)
-def test_parse_projector_type(projector, use_guide, expected):
-    settings = parse_projector_type(projector, use_guide)
-    assert (
-        settings["local_injection"],
-        settings["global_injection"],
-        settings["local_temporal_kernel"],
-        settings["local_spatial_kernel"],
-        settings["num_global_queries"],
-    ) == expected
+def per_level(settings):
+    """Compact per-level view: local `(kt, ks, injection, adapters, clip)` and global `(queries, injection, adapter g,
+    clip)`, None for an absent level."""
+    local = global_ = None
+    if settings["use_local_level"]:
+        adapters = "".join(
+            letter for letter, name in zip("qkvg", ("query", "key", "value", "guide"))
+            if settings[f"local_adapt_{name}"]
+        )
+        local = (settings["local_temporal_kernel"], settings["local_spatial_kernel"], settings["local_injection"],
+                 adapters, settings["local_clip_scale"])
+    if settings["num_global_queries"]:
+        global_ = (settings["num_global_queries"], settings["global_injection"], settings["global_adapt_guide"],
+                   settings["global_clip_scale"])
+    return local, global_
+
+
+# (mm_projector_type, use_guide, use_clip_scale) -> (local, global) as `per_level` writes them.
+PARSER_TABLE = [
+    # The release: "coarse" is no `guide<mode>` word, so `use_guide` decides both levels.
+    (("local43_global32_coarse", "direct", ""), ((4, 3, "direct", "", False), (32, "direct", False, False))),
+    (("local43_global32", "direct", ""), ((4, 3, "direct", "", False), (32, "direct", False, False))),
+    # The adapt-coarse fixture: `guide<mode>` words override `use_guide` per level.
+    (("local43_adaptqkvg_guidecoarse_global32_adaptg_guidecoarse", "direct", ""),
+     ((4, 3, "coarse", "qkvg", False), (32, "coarse", True, False))),
+    # The paper's setting: direct local, coarse global.
+    (("local43_adaptkv_global32_adaptg_guidecoarse", "direct", ""),
+     ((4, 3, "direct", "kv", False), (32, "coarse", True, False))),
+    # Adapter q is forced off with direct injection; g is not built without injection.
+    (("local43_adaptqk_global32", "direct", ""), ((4, 3, "direct", "k", False), (32, "direct", False, False))),
+    (("local43_adaptqg_guideoff_global32", "direct", ""), ((4, 3, "off", "q", False), (32, "direct", False, False))),
+    (("local43_global32_adaptg_guideoff", "direct", ""), ((4, 3, "direct", "", False), (32, "off", False, False))),
+    # use_guide coarse / fine for every level without its own word.
+    (("local43_adaptq_global32_adaptg", "coarse", ""), ((4, 3, "coarse", "q", False), (32, "coarse", True, False))),
+    (("local43_adaptqkvg_global32_adaptg", "fine", ""), ((4, 3, "fine", "qkvg", False), (32, "fine", True, False))),
+    (("local43_guidefine_global16_guidefine", "fine", ""), ((4, 3, "fine", "", False), (16, "fine", False, False))),
+    (("local43_global32_guideoff", "fine", ""), ((4, 3, "fine", "", False), (32, "off", False, False))),
+    # No instruction at all.
+    (("local22_global16", None, ""), ((2, 2, "off", "", False), (16, "off", False, False))),
+    (("local22_adaptqkv_global16", "off", ""), ((2, 2, "off", "qkv", False), (16, "off", False, False))),
+    # One- or two-digit spatial kernels, any temporal digit.
+    (("local412_global32", "direct", ""), ((4, 12, "direct", "", False), (32, "direct", False, False))),
+    (("local19_global64", "direct", ""), ((1, 9, "direct", "", False), (64, "direct", False, False))),
+    (("local403_global8", "direct", ""), ((4, 3, "direct", "", False), (8, "direct", False, False))),
+    # One level only; level order in the string does not matter.
+    (("local43", "direct", ""), ((4, 3, "direct", "", False), None)),
+    (("local43_adaptk_guidecoarse", "direct", ""), ((4, 3, "coarse", "k", False), None)),
+    (("global32_adaptg_guidecoarse", "direct", ""), (None, (32, "coarse", True, False))),
+    (("global32_local43_guidecoarse", "direct", ""), ((4, 3, "coarse", "", False), (32, "direct", False, False))),
+    # Adapter letters are read from the last `adapt` until a letter outside q,k,v,g (`guide...` starts with g).
+    (("local43_adaptkguidecoarse_global32", "direct", ""), ((4, 3, "coarse", "kg", False), (32, "direct", False, False))),
+    (("local43_adaptq_adaptv_guidecoarse_global32", "direct", ""),
+     ((4, 3, "coarse", "v", False), (32, "direct", False, False))),
+    # CLIP-scale attention per level; other items are ignored by the reference.
+    (("local43_global32", "direct", "local"), ((4, 3, "direct", "", True), (32, "direct", False, False))),
+    (("local43_global32", "direct", "global"), ((4, 3, "direct", "", False), (32, "direct", False, True))),
+    (("local43_global32", "direct", "local,global"), ((4, 3, "direct", "", True), (32, "direct", False, True))),
+    (("local43_global32", "direct", "local, global"), ((4, 3, "direct", "", True), (32, "direct", False, False))),
+]
+
+
+@pytest.mark.parametrize("original, expected", PARSER_TABLE, ids=["/".join(map(str, o)) for o, _ in PARSER_TABLE])
+def test_parse_projector_type(original, expected):
+    settings = parse_projector_type(*original)
+    assert per_level(settings) == expected
+    HicomConfig(**settings)  # every parsed combination is a valid config
 
 
 @pytest.mark.parametrize(
-    "projector, use_guide, match",
+    "original, match",
     [
-        ("mlp2x_gelu", "direct", "Unsupported `mm_projector_type`"),
-        ("local43_global32_adaptk", "direct", "Unsupported word 'adaptk'"),
-        ("local43_global32_guidecoarse", "direct", "global_injection='coarse'"),
-        ("local43_global32", "sideways", "Unknown `use_guide`"),
+        (("mlp2x_gelu", "direct", ""), "Unsupported `mm_projector_type` 'mlp2x_gelu'"),
+        (("local4_global32", "direct", ""), "Unsupported word 'local4'"),
+        (("local4312_global32", "direct", ""), "Unsupported word 'local4312'"),
+        (("local03_global32", "direct", ""), "Unsupported word 'local03'"),
+        (("local43_global_guidecoarse", "direct", ""), "Unsupported word 'global'"),
+        (("local43_global0", "direct", ""), "Unsupported word 'global0'"),
+        (("local43_global32_guidebogus", "direct", ""), "Unsupported word 'guidebogus'"),
+        (("local43_guide_global32", "direct", ""), "Unsupported word 'guide'"),
+        (("local43_global32", "sideways", ""), "Unknown `use_guide` value 'sideways'"),
+        (("local43_global32", "", ""), "Unknown `use_guide` value ''"),
+        (("local43_guidecoarse_global32", None, ""), "with use_guide=None the reference encodes no instruction"),
+        (("local43_guidefine_global32", "direct", ""), "mixes fine injection with the pooled"),
+        (("local43_global32_guidecoarse", "fine", ""), "mixes fine injection with the per-token"),
+        (("local43_guideoff_global32_guideoff", "direct", ""), "injects the instruction at no level"),
+        (("global32", "direct", "local"), "names `local` but 'global32' has no local level"),
+        (("local43", "direct", "global"), "names `global` but 'local43' has no global level"),
+        (("local43_global32", "direct", None), "`use_clip_scale` must be a comma-separated string"),
     ],
 )
-def test_unknown_variants_are_refused(projector, use_guide, match):
+def test_unknown_variants_are_refused(original, match):
     with pytest.raises(ConversionError, match=re.escape(match)):
-        parse_projector_type(projector, use_guide)
+        parse_projector_type(*original)
+
+
+def test_words_the_reference_ignores_are_reported(caplog):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            parse_projector_type("local43_global32_coarse", "direct", "local,both")
+    finally:
+        hf_logging.disable_propagation()
+    assert "ignores 'both', 'coarse'" in caplog.text
 
 
 # --- refusals on bad checkpoints ------------------------------------------------------------------------------------
