@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from modeling_hicom import HicomConfig, HicomForConditionalGeneration, frame_box, patch_map_to_pixels, relevance_maps
+from modeling_hicom.configuration_hicom import LEVEL_OPTIONS
 
 PANEL_PX = 160  # default side of one frame's panel, in pixels
 LABEL_PX = 24  # strip above each row of panels for the question and the levels' scales
@@ -132,9 +133,13 @@ def build_synthetic_model(config, processor, colors=None, feature_scale: float =
     colors = dict(SYNTHETIC_COLORS if colors is None else colors)
     vision, text = config.vision_config, config.instruct_config
     dim = vision.hidden_size
-    adapters = [name for name in ("key", "value", "query", "guide") if getattr(config, f"adapt_{name}")]
-    if (config.local_injection, config.global_injection) != ("direct", "direct") or adapters:
-        raise ValueError("The synthetic model needs direct instruction injection at both levels and no adapters.")
+    options = [name for level in ("local", "global") for name in LEVEL_OPTIONS[level] if getattr(config, name)]
+    levels = config.use_local_level and config.num_global_queries > 0
+    if (config.local_injection, config.global_injection) != ("direct", "direct") or options or not levels:
+        raise ValueError(
+            "The synthetic model needs both levels, direct instruction injection at each, no adapters and no CLIP "
+            f"scale; got {options or 'a missing level or another injection'}."
+        )
     if text.hidden_size != dim or text.projection_size != dim:
         raise ValueError(
             f"The synthetic model needs instruction and vision towers of one width; got {text.hidden_size} "

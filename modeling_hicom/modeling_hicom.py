@@ -275,7 +275,7 @@ class HicomModel(HicomPreTrainedModel):
             raise ValueError("This model injects the instruction at no level: it has no instruction encoder.")
         outputs = self.instruct_encoder(input_ids=instruct_input_ids, attention_mask=instruct_attention_mask)
         if self.config.instruction_embedding == "per_token":
-            return self.instruct_encoder.text_model.head(outputs.last_hidden_state)
+            return self.instruct_encoder.head(outputs.last_hidden_state)
         return outputs.pooler_output
 
     def _check_visual_inputs(self, pixel_values, num_frames, instruct_input_ids, name):

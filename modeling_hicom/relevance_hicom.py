@@ -12,6 +12,10 @@ padding frames are dropped): the share of that level's attention each patch rece
 overlapping windows averaged rather than summed, see `local_relevance`). The two levels, and the maps of different
 questions, can then share one colour scale; uniform attention gives `1 / (T*H*W)` everywhere.
 
+Every variant is supported: the maps show each level's attention whatever its injection mode or CLIP scale (with
+injection `off` at a level its map does not depend on the instruction), and a level the model does not have has no
+map (`None`). Fine injection's attention over the instruction's tokens is not a patch map and is not returned.
+
 This file is shipped as Hub remote code next to the model files: it imports only torch and its sibling module.
 """
 
@@ -116,14 +120,14 @@ class VideoRelevance:
     """Relevance maps of one video for one instruction, on its real sampled frames (padding frames dropped).
 
     Attributes:
-        local_map / global_map: `(T, H, W)` float32 shares (see `local_relevance` / `global_relevance`); `global_map`
-            is None for a model without a global level. The share the padding frames took is dropped, not
+        local_map / global_map: `(T, H, W)` float32 shares (see `local_relevance` / `global_relevance`); None for a
+            level the model does not have. The share the padding frames took is dropped, not
             redistributed: a map summing to 0.8 says that a fifth of the attention went to padding.
         frame_indices: index, in the whole video, of each frame of the maps (the processor's `video_metadata.indices`).
         timestamps: seconds since the video's first frame of each frame, or None (in-memory frames have no clock).
     """
 
-    local_map: torch.Tensor
+    local_map: torch.Tensor | None
     global_map: torch.Tensor | None
     frame_indices: list[int]
     timestamps: list[float] | None
@@ -134,7 +138,8 @@ class VideoRelevance:
             raise ValueError(f"`level` must be 'local' or 'global', got {level!r}.")
         relevance = self.local_map if level == "local" else self.global_map
         if relevance is None:
-            raise ValueError("This model has no global level (`num_global_queries=0`): only the local map exists.")
+            setting = "use_local_level=False" if level == "local" else "num_global_queries=0"
+            raise ValueError(f"This model has no {level} level (`{setting}`): it has no {level} map.")
         return relevance
 
     def frame_shares(self, level: str = "global") -> torch.Tensor:
@@ -164,7 +169,8 @@ def relevance_maps(video_features, config, video_metadata=None) -> list[VideoRel
             video, in order. It drops the padding frames from the maps and attaches each frame's index and timestamp
             in the video; without it, every frame of the grid is kept and numbered from 0.
     """
-    if getattr(video_features, "local_attentions", None) is None or video_features.grid_shapes is None:
+    attentions = (getattr(video_features, "local_attentions", None), getattr(video_features, "global_attentions", None))
+    if attentions == (None, None) or getattr(video_features, "grid_shapes", None) is None:
         raise ValueError(
             "`video_features` holds no attention weights: call `get_video_features(..., output_attentions=True)`."
         )
@@ -173,10 +179,11 @@ def relevance_maps(video_features, config, video_metadata=None) -> list[VideoRel
         raise ValueError(f"Got {len(video_metadata)} `video_metadata` entries for {len(grids)} videos.")
     maps = []
     for i, grid in enumerate(grids):
-        local = local_relevance(
-            video_features.local_attentions[i], grid, config.local_temporal_kernel, config.local_spatial_kernel
-        )
-        global_ = None
+        local = global_ = None
+        if video_features.local_attentions is not None:
+            local = local_relevance(
+                video_features.local_attentions[i], grid, config.local_temporal_kernel, config.local_spatial_kernel
+            )
         if video_features.global_attentions is not None:
             global_ = global_relevance(video_features.global_attentions[i], grid)
         real, indices, timestamps = grid[0], list(range(grid[0])), None
@@ -193,7 +200,7 @@ def relevance_maps(video_features, config, video_metadata=None) -> list[VideoRel
                     f"{i} was encoded with {grid[0]}: pass the metadata of the inputs that were encoded."
                 )
         maps.append(
-            VideoRelevance(local[:real], None if global_ is None else global_[:real], indices, timestamps)
+            VideoRelevance(*(None if part is None else part[:real] for part in (local, global_)), indices, timestamps)
         )
     return maps
 

@@ -2,8 +2,8 @@
 
 `get_video_features` compresses each chunk of frames as soon as the vision tower has encoded it (local cells per
 temporal window group, the global level by an online softmax), so the clip's features are never kept whole. These
-tests hold that streamed path to the whole-clip compressor (`encode_frames` + `HicomCompressor.forward`) and to a
-literal, unoptimized implementation of DESIGN.md, for every injection mode, at chunk sizes that split windows
+tests hold that streamed path to the whole-clip compressor (`encode_frames` + `HicomCompressor.forward`) and to the
+plain implementation of the formulas (`reference_compressor`), for every injection mode and CLIP-scale attention, at chunk sizes that split windows
 anywhere, including overlapping temporal windows (T=10, kt=4: frames 0-3, 3-6, 6-9) and batches whose chunks
 straddle videos.
 """
@@ -12,9 +12,10 @@ import math
 
 import pytest
 import torch
+from reference_compressor import reference_compress
 from tiny_models import random_inputs, tiny_model
 
-from modeling_hicom.compressor_hicom import linear_taps, sincos_embedding_1d, window_index, window_starts
+from modeling_hicom.compressor_hicom import linear_taps, sincos_embedding_1d, window_index
 
 ATOL = 1e-5
 MODES = {
@@ -22,8 +23,12 @@ MODES = {
     "coarse": dict(local_injection="coarse", global_injection="coarse"),
     "off": dict(local_injection="off", global_injection="off"),
     "coarse-adapters": dict(
-        local_injection="coarse", global_injection="direct", adapt_key=True, adapt_value=True, adapt_query=True,
-        adapt_guide=True,
+        local_injection="coarse", global_injection="direct", local_adapt_key=True, local_adapt_value=True,
+        local_adapt_query=True, local_adapt_guide=True, global_adapt_guide=True,
+    ),
+    # Global CLIP scale scores every position plainly (no reassociation); fine injection reads per-token rows.
+    "fine-clip-scale": dict(
+        local_injection="fine", global_injection="fine", local_clip_scale=True, global_clip_scale=True
     ),
 }
 
@@ -211,52 +216,13 @@ def test_online_softmax_survives_large_score_ranges(model):
     torch.testing.assert_close(actual.double(), expected, atol=1e-4, rtol=1e-4)
 
 
-def literal_compression(model, features, embeds, guide):
-    """DESIGN.md sec. 2-4 written out naively for any injection mode: a loop over windows, `interpolate`, plain MHA."""
-    compressor = model.model.compressor
-    local_level, global_level = compressor.local_level, compressor.global_level
-    num_frames, height, width, dim = features.shape
-    kt = 1 if num_frames == 1 else 4
-    t_starts, t_size = window_starts(num_frames, kt)
-    h_starts, _ = window_starts(height, 3)
-    w_starts, _ = window_starts(width, 3)
-    base = torch.nn.functional.interpolate(
-        features.permute(3, 0, 1, 2)[None], size=(len(t_starts), len(h_starts), len(w_starts)), mode="trilinear",
-        align_corners=False,
-    )[0].permute(1, 2, 3, 0)
-    query = local_level.injection(guide, local_level.query_adapter(base))
-    keys_all, values_all = local_level.key_adapter(embeds), local_level.value_adapter(features)
-    local = []
-    for i, ts in enumerate(t_starts):
-        for j, hs in enumerate(h_starts):
-            for k, ws in enumerate(w_starts):
-                keys = keys_all[ts : ts + t_size, hs : hs + 3, ws : ws + 3].reshape(-1, dim)
-                values = values_all[ts : ts + t_size, hs : hs + 3, ws : ws + 3].reshape(-1, dim)
-                q = query[0] if query.ndim == 2 else query[i, j, k]
-                local.append((keys @ q / math.sqrt(dim)).softmax(0) @ values)
-    local = local_level.readout(torch.stack(local))
-    grid = torch.meshgrid(*(torch.arange(n) for n in (num_frames, height, width)), indexing="ij")
-    kv = (features + sum(sincos_embedding_1d(n, dim)[g] for n, g in zip((num_frames, height, width), grid)))
-    kv = kv.reshape(-1, dim)
-    queries = global_level.injection(guide, global_level.query_adapter(global_level.query))
-    queries = queries.expand(global_level.num_queries, dim)
-    attn = global_level.attn
-    heads, head_dim, count = attn.num_heads, attn.head_dim, queries.shape[0]
-    q = attn.q_proj(queries).view(count, heads, head_dim).transpose(0, 1)
-    k = attn.k_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
-    v = attn.v_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
-    attended = ((q @ k.transpose(1, 2)) * head_dim**-0.5).softmax(-1) @ v
-    attended = attn.out_proj(attended.transpose(0, 1).reshape(count, dim))
-    return torch.cat([local, global_level.readout(queries + attended)])
-
-
 @pytest.mark.parametrize("frames, chunk", [(1, 1), (5, 2), (10, 3), (10, 4), (13, 5)])
 def test_streamed_path_equals_literal_definition(mode_model, frames, chunk):
     pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=10 + frames)
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
         guide = mode_model.model.encode_instructions(ids, mask)[0]
-        expected = literal_compression(mode_model, features, embeds, guide)
+        expected = reference_compress(mode_model, features, embeds, guide)
         actual = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk).pooler_output[0]
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-5)
 
