@@ -66,8 +66,14 @@ KEY_RULES = [
         for original, ours in COMPRESSOR_MLPS.items()
         for index, layer in MLP_LAYERS.items()
     ],
-    *[(rf"{_LEVEL}{re.escape(original)}\.(.+)$", rf"model.compressor.\1_level.{ours}.\2") for original, ours in COMPRESSOR_MODULES.items()],
-    *[(rf"{_LEVEL}{re.escape(original)}$", rf"model.compressor.\1_level.{ours}") for original, ours in COMPRESSOR_PARAMETERS.items()],
+    *[
+        (rf"{_LEVEL}{re.escape(original)}\.(.+)$", rf"model.compressor.\1_level.{ours}.\2")
+        for original, ours in COMPRESSOR_MODULES.items()
+    ],
+    *[
+        (rf"{_LEVEL}{re.escape(original)}$", rf"model.compressor.\1_level.{ours}")
+        for original, ours in COMPRESSOR_PARAMETERS.items()
+    ],
     # CLIP scale: SigLIP's temperature and bias, copied per level onto the projector itself.
     (r"^model\.mm_projector\.local_logit_(scale|bias)$", r"model.compressor.local_level.logit_\1"),
     (r"^model\.mm_projector\.global_logit_(scale|bias)$", r"model.compressor.global_level.attn.logit_\1"),
@@ -181,7 +187,9 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
         )
         ignored += _ignored_words(phase, ("adapt", "guide"))
     elif "local" in clip_levels:
-        raise ConversionError(f"`use_clip_scale` {use_clip_scale!r} names `local` but {projector_type!r} has no local level.")
+        raise ConversionError(
+            f"`use_clip_scale` {use_clip_scale!r} names `local` but {projector_type!r} has no local level."
+        )
     if "global" in projector_type:
         phase = projector_type.split("global")[-1].split("local")[0]
         digits = _leading_digits(phase)
@@ -199,7 +207,9 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
         )
         ignored += _ignored_words(phase, ("adaptg", "guide"))
     elif "global" in clip_levels:
-        raise ConversionError(f"`use_clip_scale` {use_clip_scale!r} names `global` but {projector_type!r} has no global level.")
+        raise ConversionError(
+            f"`use_clip_scale` {use_clip_scale!r} names `global` but {projector_type!r} has no global level."
+        )
     _check_instruction_form(settings, use_guide, projector_type)
     if ignored:
         logger.warning(
@@ -396,7 +406,8 @@ def describe_variant(config: HicomConfig) -> str:
             if getattr(config, f"local_adapt_{name}")
         )
         kt, ks = config.local_temporal_kernel, config.local_spatial_kernel
-        parts[0] = f"local: {kt}x{ks}x{ks} windows, {INJECTION_WORDS[config.local_injection]}, adapters {adapters or 'none'}"
+        injection = INJECTION_WORDS[config.local_injection]
+        parts[0] = f"local: {kt}x{ks}x{ks} windows, {injection}, adapters {adapters or 'none'}"
     if config.num_global_queries:
         adapter = "g" if config.global_adapt_guide else "none"
         injection = INJECTION_WORDS[config.global_injection]
@@ -424,7 +435,8 @@ def write_model_card(output: Path, config: HicomConfig, processor, original: dic
         MODEL_CARD.format(
             name=output.name, variant=describe_variant(config), budget="\n".join(rows),
             projector=original["mm_projector_type"], use_guide=original.get("use_guide"),
-            clip_scale=original.get("use_clip_scale", ""), local=config.local_injection, global_=config.global_injection,
+            clip_scale=original.get("use_clip_scale", ""), local=config.local_injection,
+            global_=config.global_injection,
             quirk=quirk, input=input_dir.name, vision=vision_tower.name, dtype=str(dtype).replace("torch.", ""),
         )
     )

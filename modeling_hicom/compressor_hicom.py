@@ -445,7 +445,8 @@ class HicomGlobalAttention(HicomAttention):
         """CLIP-scale scores `(n, H, W, Q*heads)` of frames `first ... first + n` (`block (n, H, W, D)`), plainly:
         keys `normalize(W_k (F + P) + b_k)` per position, against the normalized, scaled queries in `state.u`."""
         table_t, table_h, table_w = state.tables
-        positions = table_t[first : first + block.shape[0], None, None] + table_h[None, :, None] + table_w[None, None, :]
+        count = block.shape[0]
+        positions = table_t[first : first + count, None, None] + table_h[None, :, None] + table_w[None, None, :]
         keys = _l2_normalize(self.k_proj((block.float() + positions).to(block.dtype)).float())
         keys = keys.unflatten(-1, (self.num_heads, self.head_dim))
         scores = torch.einsum("thwnd,qnd->thwqn", keys, state.u).flatten(-2)

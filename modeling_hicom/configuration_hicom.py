@@ -157,11 +157,13 @@ class HicomConfig(PreTrainedConfig):
                 "`local_adapt_query=True` has no effect with `local_injection='direct'`: the query is the instruction "
                 "embedding, no unconditional query is computed (the reference turns this adapter off)."
             )
-        modes = {self.local_injection if self.use_local_level else "off", self.global_injection if levels["global"] else "off"}
+        modes = {
+            self.local_injection if levels["local"] else "off", self.global_injection if levels["global"] else "off"
+        }
         if "fine" in modes and modes - {"fine", "off"}:
             raise ValueError(
-                f"`local_injection={self.local_injection!r}` and `global_injection={self.global_injection!r}` cannot be "
-                "combined: fine injection reads the instruction's per-token embeddings, direct and coarse its pooled "
+                f"`local_injection={self.local_injection!r}` and `global_injection={self.global_injection!r}` cannot "
+                "be combined: fine injection reads the instruction's per-token embeddings, direct and coarse its pooled "
                 "embedding, and the instruction is encoded one way per model (as in the reference)."
             )
 
@@ -190,8 +192,8 @@ def _drop_legacy_adapter_fields(kwargs: dict) -> None:
     for name in LEGACY_ADAPTER_FIELDS:
         if kwargs.pop(name, False):
             raise ValueError(
-                f"`{name}=True` is from an older HicomConfig whose adapters were not the reference's; set the per-level "
-                "fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_guide`, "
+                f"`{name}=True` is from an older HicomConfig whose adapters were not the reference's; set the "
+                "per-level fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_guide`, "
                 "`global_adapt_guide`) and re-convert the checkpoint."
             )
 

@@ -107,7 +107,8 @@ def test_relevance_maps_cover_every_level_the_variant_has(variant_model):
 
 @pytest.mark.parametrize("mode", INJECTION_MODES)
 def test_every_frame_count_from_1_to_40(mode):
-    """Both levels in one injection mode, every clip length (overlapping and evenly spread windows included)."""
+    """Both levels in one injection mode, every clip length (overlapping and evenly spread windows included). The
+    streamed model path is held to this compressor for every mode in `test_performance_paths`."""
     model = tiny_model(local_injection=mode, global_injection=mode, local_adapt_key=True)
     compressor = model.model.compressor
     generator = torch.Generator().manual_seed(1)
@@ -120,10 +121,6 @@ def test_every_frame_count_from_1_to_40(mode):
         expected = reference_compress(model, features, embeds, guide)
         assert actual.shape == (expected_token_count(model.config, frames), 32), frames
         torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-4, msg=f"{frames} frames")
-    lengths = list(range(1, 41))
-    with torch.no_grad():
-        batch = model.get_video_features(*random_inputs(model, lengths), vision_batch_size=7).pooler_output
-    assert [tokens.shape[0] for tokens in batch] == [expected_token_count(model.config, n) for n in lengths]
 
 
 # --- properties ------------------------------------------------------------------------------------------------------
