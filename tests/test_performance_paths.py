@@ -43,10 +43,15 @@ def model():
     return tiny_model()
 
 
+def instruction_embeddings(model, ids, mask):
+    """One embedding per video, or None per video for a model that injects no instruction (it has no encoder)."""
+    return model.model.encode_instructions(ids, mask) if model.model.compressor.needs_guide else [None] * len(ids)
+
+
 def whole_clip(model, pixels, num_frames, ids, mask, output_attentions=False):
     """The non-streamed path: every frame's features and patch embeddings kept, then each clip compressed at once."""
     features, embeds = model.model.encode_frames(pixels, vision_batch_size=pixels.shape[0])
-    guides = model.model.encode_instructions(ids, mask)
+    guides = instruction_embeddings(model, ids, mask)
     outputs = []
     for video_features, video_embeds, guide in zip(features.split(num_frames), embeds.split(num_frames), guides):
         outputs.append(model.model.compressor(video_features, video_embeds, guide, output_attentions=output_attentions))
@@ -101,7 +106,7 @@ def test_stream_accepts_any_feeding(mode_model, feed):
     compressor = mode_model.model.compressor
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = mode_model.model.encode_instructions(ids, mask)[0]
+        guide = instruction_embeddings(mode_model, ids, mask)[0]
         reference = compressor(features, embeds, guide, output_attentions=True)
         stream = compressor.stream(features.shape[:3], guide, features.dtype, output_attentions=True)
         for piece_features, piece_embeds in zip(features.split(feed), embeds.split(feed)):
@@ -221,7 +226,7 @@ def test_streamed_path_equals_literal_definition(mode_model, frames, chunk):
     pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=10 + frames)
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = mode_model.model.encode_instructions(ids, mask)[0]
+        guide = instruction_embeddings(mode_model, ids, mask)[0]
         expected = reference_compress(mode_model, features, embeds, guide)
         actual = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk).pooler_output[0]
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-5)
