@@ -17,6 +17,7 @@ Remote code: this file is copied flat next to the model files, so it imports onl
 """
 
 import bisect
+import contextlib
 import io
 import math
 import os
@@ -593,22 +594,67 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
     return frames
 
 
-def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[int, np.ndarray]]:
+@dataclass
+class _Damage:
+    """Where decoding had to skip part of a file: the stream times (s) of the packets the decoder rejected, whether
+    the demuxer gave up before the end, and the first error."""
+
+    skipped_times: list[float | None]
+    stopped_early: bool
+    first_error: str
+
+
+def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
     """Decode every frame (this order of frames is the reference), keeping those whose presentation index is in
-    `keep`. Returns the pts of all frames and the kept RGB frames."""
+    `keep`. Returns the pts of all decoded frames, the kept RGB frames, and what was skipped.
+
+    A damaged file is decoded around its damage, as players do: a packet the decoder rejects is skipped (its frame is
+    missing; later frames predicted from it are concealed by FFmpeg), and a container that becomes unreadable ends the
+    video there. Only a file where nothing decodes is an error."""
     import av
 
     container, stream = source.open()
-    pts, kept = [], {}
-    try:
-        with container:
-            for i, frame in enumerate(container.decode(stream)):
-                pts.append(frame.pts)
-                if i in keep:
-                    kept[i] = frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as error:
-        raise ValueError(f"`videos`: could not decode {source.name} ({error}).") from error
-    return pts, kept
+    pts, kept, skipped, stopped_early, errors = [], {}, [], False, []
+
+    def take(frames):
+        for frame in frames:
+            if len(pts) in keep:
+                kept[len(pts)] = frame.to_ndarray(format="rgb24")
+            pts.append(frame.pts)
+
+    with container:
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as error:
+                stopped_early = True
+                errors.append(error)
+                with contextlib.suppress(av.FFmpegError):  # frames still inside the decoder
+                    take(stream.codec_context.decode(None))
+                break
+            try:
+                take(packet.decode())
+            except av.FFmpegError as error:
+                skipped.append(None if packet.pts is None else float(packet.pts * stream.time_base))
+                errors.append(error)
+    if errors and not pts:
+        raise ValueError(f"`videos`: could not decode {source.name} ({errors[0]}).") from errors[0]
+    return pts, kept, (_Damage(skipped, stopped_early, str(errors[0])) if errors else None)
+
+
+def _warn_damage(name: str, damage: _Damage, num_decoded: int) -> None:
+    where = ", ".join("?" if t is None else f"{t:.2f}" for t in damage.skipped_times[:5])
+    where += ", ..." if len(damage.skipped_times) > 5 else ""
+    parts = [f"skipped {len(damage.skipped_times)} damaged packet(s) at {where} s"] if damage.skipped_times else []
+    if damage.stopped_early:
+        parts.append("stopped reading where the container became unreadable")
+    logger.warning(
+        f"{name} is damaged: {' and '.join(parts)} (first error: {damage.first_error}). Frames there are missing or "
+        f"concealed; frames were sampled from the {num_decoded} that decoded."
+    )
 
 
 def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
@@ -645,7 +691,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
     source = _Source(video)
     container, stream = source.open(thread_type="SLICE")
     time_base, rate, announced = stream.time_base, stream.guessed_rate or stream.average_rate, stream.frames
-    indices, frames = [], None
+    indices, frames, damage = [], None, None
     try:
         with container:
             index = _index_packets(container, stream)
@@ -664,15 +710,17 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         raise ValueError(f"`videos`: could not read {source.name} ({error}).") from error
 
     if frames is None:
-        pts, kept = _decode_sequentially(source, set(indices))
+        pts, kept, damage = _decode_sequentially(source, set(indices))
         if not pts:
             raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
         timeline = _Timeline.from_pts(pts, time_base, rate)
         indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
         if any(i not in kept for i in indices):
-            _, kept = _decode_sequentially(source, set(indices))
+            _, kept, _ = _decode_sequentially(source, set(indices))
         frames = [kept[i] for i in indices]
-    if announced and len(pts) < announced:
+        if damage is not None:
+            _warn_damage(source.name, damage, len(pts))
+    if announced and len(pts) < announced and damage is None:
         logger.warning(f"{source.name} holds {len(pts)} frames but its header announces {announced}: truncated?")
     frames = _stack(frames, source.name)
     metadata = HicomVideoMetadata(
