@@ -565,7 +565,18 @@ def _frames_after_seek(container, stream, keyframe: tuple[int, int | None], want
         yield from packet.decode()
 
 
-def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
+def _frame_pixels(frame, apply_rotation: bool) -> np.ndarray:
+    """A decoded frame as `(H, W, 3)` uint8 RGB. With `apply_rotation`, turned the way players show it: phones store
+    portrait clips as landscape frames plus a display matrix, whose rotation PyAV gives as `frame.rotation`
+    (counter-clockwise degrees; `np.rot90` turns counter-clockwise too). Rounded to quarter turns, as FFmpeg's own
+    autorotation does; flips in the matrix are ignored (phones do not write them)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns = round(frame.rotation / 90) % 4 if apply_rotation else 0
+    return np.rot90(pixels, turns) if turns else pixels
+
+
+def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int],
+                       apply_rotation: bool = True) -> dict[int, np.ndarray]:
     """RGB frames at the sorted pts `wanted`. Seeks to the keyframe before each frame, but keeps decoding forward
     when that keyframe is not past what the decoder has already reached (re-seeking would only redo work)."""
     import av
@@ -581,7 +592,7 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
                     raise _SeekFailed("a decoded frame has no pts")
                 position = frame.pts
                 if frame.pts == target:
-                    frames[target] = frame.to_ndarray(format="rgb24")
+                    frames[target] = _frame_pixels(frame, apply_rotation)
                     break
                 if frame.pts > target:
                     raise _SeekFailed(f"the frame at pts {target} was not produced after seeking")
@@ -604,7 +615,8 @@ class _Damage:
     first_error: str
 
 
-def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
+def _decode_sequentially(source: _Source, keep: set[int],
+                         apply_rotation: bool = True) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
     """Decode every frame (this order of frames is the reference), keeping those whose presentation index is in
     `keep`. Returns the pts of all decoded frames, the kept RGB frames, and what was skipped.
 
@@ -619,7 +631,7 @@ def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[in
     def take(frames):
         for frame in frames:
             if len(pts) in keep:
-                kept[len(pts)] = frame.to_ndarray(format="rgb24")
+                kept[len(pts)] = _frame_pixels(frame, apply_rotation)
             pts.append(frame.pts)
 
     with container:
@@ -663,7 +675,8 @@ def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None, pad_to_num_frames=True):
+def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None, pad_to_num_frames=True,
+               apply_rotation=True):
     """Sampled frames of one video and where they came from: `(frames (T, H, W, 3) uint8, HicomVideoMetadata)`.
 
     Args:
@@ -674,6 +687,8 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled.
         max_frames: upper bound on the sampled frames (segment-middle subsampling).
         pad_to_num_frames: `False` never pads (`metadata.padded_frames` is 0): a short clip gives its own frames only.
+        apply_rotation: turn frames upright by the file's display matrix (phone clips), as players do; `False` keeps
+            the stored orientation, as the reference's decord loader does.
         Neither `num_frames` nor `fps`: every frame of the clip (up to `max_frames`).
 
     Decoded frames equal, bit for bit, those of a full sequential decode at the same presentation indices.
@@ -702,7 +717,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
                 timeline = _Timeline.from_pts(pts, time_base, rate)
                 indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
                 try:
-                    decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices])
+                    decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices], apply_rotation)
                     frames = [decoded[pts[i]] for i in indices]
                 except _SeekFailed as reason:
                     logger.warning(f"Seeking in {source.name} failed ({reason}); decoding it sequentially instead.")
@@ -710,13 +725,13 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         raise ValueError(f"`videos`: could not read {source.name} ({error}).") from error
 
     if frames is None:
-        pts, kept, damage = _decode_sequentially(source, set(indices))
+        pts, kept, damage = _decode_sequentially(source, set(indices), apply_rotation)
         if not pts:
             raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
         timeline = _Timeline.from_pts(pts, time_base, rate)
         indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
         if any(i not in kept for i in indices):
-            _, kept, _ = _decode_sequentially(source, set(indices))
+            _, kept, _ = _decode_sequentially(source, set(indices), apply_rotation)
         frames = [kept[i] for i in indices]
         if damage is not None:
             _warn_damage(source.name, damage, len(pts))
@@ -750,6 +765,7 @@ class HicomVideoProcessorKwargs(TypedDict, total=False):
     max_frames: int | None
     fps: float | None
     pad_to_num_frames: bool
+    apply_rotation: bool
 
 
 class HicomVideoProcessor(VideoProcessorMixin):
@@ -772,6 +788,9 @@ class HicomVideoProcessor(VideoProcessorMixin):
             over the configured `num_frames` (call arguments override both).
         pad_to_num_frames (`bool`, defaults to `True`): append black frames to a clip with fewer than `num_frames`
             frames, as the reference does (a warning says so); `False` keeps only the clip's own frames.
+        apply_rotation (`bool`, defaults to `True`): turn video frames upright by the file's rotation metadata, as
+            players do. The reference (decord) ignores it: `False` reproduces its pixels for rotated phone clips
+            (files without rotation metadata are unaffected).
     """
 
     model_input_names = ["pixel_values_videos", "video_num_frames"]
@@ -789,6 +808,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         max_frames=None,
         fps=None,
         pad_to_num_frames=True,
+        apply_rotation=True,
         **kwargs,
     ):
         size = {"height": 384, "width": 384} if size is None else size
@@ -806,6 +826,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         _check_sampling(num_frames, None, None, None, max_frames)
         _check_sampling(None, fps, None, None, None)
         _check_flag("pad_to_num_frames", pad_to_num_frames)
+        _check_flag("apply_rotation", apply_rotation)
         super().__init__(**kwargs)
         self.size = dict(size)
         self.patch_size = patch_size
@@ -817,6 +838,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         self.max_frames = max_frames
         self.fps = fps
         self.pad_to_num_frames = pad_to_num_frames
+        self.apply_rotation = apply_rotation
 
     def __call__(
         self,
@@ -855,7 +877,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
 
         pixels, counts, metadata = [], [], []
         for video in make_batched_videos(videos):
-            frames, meta = load_video(video, num_frames, fps, start, end, max_frames, pad_to_num_frames)
+            frames, meta = load_video(video, num_frames, fps, start, end, max_frames, pad_to_num_frames,
+                                      self.apply_rotation)
             values = self.preprocess_frames(frames)
             if meta.padded_frames:
                 values = torch.cat([values, self._padding_frame(meta.height, meta.width).expand(

@@ -626,3 +626,41 @@ def test_huge_arguments_are_not_echoed_in_errors(source, error, match):
     with pytest.raises(error, match=match) as caught:
         HicomVideoProcessor()(source)
     assert len(str(caught.value)) < 600 and "3,000,0" in str(caught.value)
+
+
+# --- rotation metadata (phone clips) ----------------------------------------------------------------------------
+def write_rotated_clip(path, degrees, num_frames=6, height=32, width=64):
+    """Landscape frames, white in their top-left corner, with a display matrix rotating them `degrees`
+    counter-clockwise (PyAV's convention, as `VideoFrame.rotation` reads it back)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(num_frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[: height // 4, : width // 4] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+@pytest.mark.parametrize("degrees, shape, white_corner", [(90, (64, 32), "bottom-left"), (-90, (64, 32), "top-right"),
+                                                         (180, (32, 64), "bottom-right"), (0, (32, 64), "top-left")])
+def test_rotation_metadata_is_applied(tmp_path, degrees, shape, white_corner):
+    path = write_rotated_clip(tmp_path / "phone.mp4", degrees)
+    for num_frames in (3, None):  # seek path and every frame
+        frames, metadata = load_video(path, num_frames=num_frames)
+        assert frames.shape[1:3] == shape and (metadata.height, metadata.width) == shape
+        corners = {"top-left": frames[:, :4, :4], "top-right": frames[:, :4, -4:],
+                   "bottom-left": frames[:, -4:, :4], "bottom-right": frames[:, -4:, -4:]}
+        assert max(corners, key=lambda name: corners[name].mean()) == white_corner
+    stored, metadata = load_video(path, num_frames=3, apply_rotation=False)  # as the reference's decord: ignored
+    np.testing.assert_array_equal(stored, np.stack(full_decode(path, metadata.indices)))
+    processor = HicomVideoProcessor(size=28, apply_rotation=False)
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = HicomVideoProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.apply_rotation is False
+    expected = processor.preprocess_frames(stored)
+    assert torch.equal(reloaded(path, num_frames=3)["pixel_values_videos"], expected)
