@@ -1,16 +1,20 @@
 """`pipeline("video-text-to-text")`: transformers 5.x has no such task, so HICom ships one.
 
 It mirrors `image-text-to-text`: chat messages with `{"type": "video", "path": ...}` (and `"image"`) blocks, or
-`videos=` / `images=` + `text=`; output `[{"input_text": ..., "generated_text": ...}]`. A list of inputs is processed `batch_size` examples per
-`generate()` call, left-padded, so that batching changes speed and not answers.
+`videos=` / `images=` + `text=`; output `[{"input_text": ..., "generated_text": ...}]`. A list of inputs is processed
+`batch_size` examples per `generate()` call, left-padded, so that batching changes speed and not answers. Long decodes
+and generations show progress bars on a terminal (`progress_bar`).
 """
 
 import enum
 from itertools import islice
 
 from transformers import AutoModelForImageTextToText, GenerationConfig, Pipeline
+from transformers.generation import BaseStreamer
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
+
+from .video_processing_hicom import progress_bar
 
 logger = logging.get_logger(__name__)
 
@@ -215,8 +219,29 @@ class VideoTextToTextPipeline(Pipeline):
             generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         # The pipeline's defaults (max_new_tokens=256) under the user's and the model's generation settings.
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        progress = self._generation_progress(generate_kwargs)
+        if progress is not None:
+            generate_kwargs["streamer"] = progress
+        try:
+            sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        finally:
+            if progress is not None:
+                progress.end()
         return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"]}
+
+    def _generation_progress(self, generate_kwargs) -> "_TokenProgress | None":
+        """A progress bar over the generated tokens (see `progress_bar`: only on a terminal, after a second), fed as
+        `generate()`'s streamer. None when the user passes a streamer (`generate()` takes one) or uses beam search
+        (`generate()` refuses streamers there), or when the bar is off."""
+        config = generate_kwargs.get("generation_config") or self.model.generation_config
+        num_beams = generate_kwargs.get("num_beams", config.num_beams) or 1
+        if "streamer" in generate_kwargs or num_beams > 1:
+            return None
+        bar = progress_bar(generate_kwargs.get("max_new_tokens", config.max_new_tokens), "Generating", "token")
+        if isinstance(bar, logging.EmptyTqdm) or bar.disable:  # transformers' bars disabled, or not a terminal
+            bar.close()
+            return None
+        return _TokenProgress(bar)
 
     def postprocess(self, outputs, return_type=ReturnType.FULL_TEXT, skip_special_tokens=True, batched=False):
         prompt_length = outputs["input_ids"].shape[1]
@@ -233,6 +258,21 @@ class VideoTextToTextPipeline(Pipeline):
                     answer = input_text + answer
             results.append([{"input_text": input_text, "generated_text": answer}])
         return results if batched else results[0]
+
+
+class _TokenProgress(BaseStreamer):
+    """Advances a progress bar once per generation step. `generate()` first `put`s the prompt, which is not counted."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self):
+        self.bar.close()
 
 
 def register_pipeline():

@@ -4,8 +4,8 @@ HICom compresses each video *conditioned on the question*, so besides the usual 
 question tokenized for the SigLIP text tower (`instruct_input_ids`), one row per video. It also expands each `<video>`
 placeholder into exactly the number of tokens the compressor will produce for that video.
 
-Remote code: this file is copied flat next to the model files, so it imports only torch, numpy, transformers, its
-sibling `pipeline_hicom` (to register the pipeline task) and, lazily, its sibling `video_processing_hicom`.
+Remote code: this file is copied flat next to the model files, so it imports only torch, numpy, transformers and its
+siblings `pipeline_hicom` (to register the pipeline task) and `video_processing_hicom`.
 """
 
 import json

@@ -575,8 +575,16 @@ def _frame_pixels(frame, apply_rotation: bool) -> np.ndarray:
     return np.rot90(pixels, turns) if turns else pixels
 
 
+def progress_bar(total: int | None, desc: str, unit: str):
+    """A tqdm bar like transformers' own (`transformers.utils.logging.tqdm`): off when transformers' progress bars
+    are disabled (`transformers.utils.logging.disable_progress_bar()`, `HF_HUB_DISABLE_PROGRESS_BARS=1`), and also
+    off when stderr is not a terminal (`disable=None`) so that logs stay clean. It appears only once the work has
+    lasted a second: short decodes print nothing."""
+    return logging.tqdm(total=total, desc=desc, unit=unit, disable=None, delay=1, leave=False)
+
+
 def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int],
-                       apply_rotation: bool = True) -> dict[int, np.ndarray]:
+                       apply_rotation: bool = True, progress=None) -> dict[int, np.ndarray]:
     """RGB frames at the sorted pts `wanted`. Seeks to the keyframe before each frame, but keeps decoding forward
     when that keyframe is not past what the decoder has already reached (re-seeking would only redo work)."""
     import av
@@ -593,6 +601,8 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
                 position = frame.pts
                 if frame.pts == target:
                     frames[target] = _frame_pixels(frame, apply_rotation)
+                    if progress is not None:
+                        progress.update(1)
                     break
                 if frame.pts > target:
                     raise _SeekFailed(f"the frame at pts {target} was not produced after seeking")
@@ -615,8 +625,8 @@ class _Damage:
     first_error: str
 
 
-def _decode_sequentially(source: _Source, keep: set[int],
-                         apply_rotation: bool = True) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
+def _decode_sequentially(source: _Source, keep: set[int], apply_rotation: bool = True,
+                         progress=None) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
     """Decode every frame (this order of frames is the reference), keeping those whose presentation index is in
     `keep`. Returns the pts of all decoded frames, the kept RGB frames, and what was skipped.
 
@@ -633,6 +643,8 @@ def _decode_sequentially(source: _Source, keep: set[int],
             if len(pts) in keep:
                 kept[len(pts)] = _frame_pixels(frame, apply_rotation)
             pts.append(frame.pts)
+        if progress is not None:
+            progress.update(len(frames))
 
     with container:
         packets = container.demux(stream)
@@ -706,7 +718,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
     source = _Source(video)
     container, stream = source.open(thread_type="SLICE")
     time_base, rate, announced = stream.time_base, stream.guessed_rate or stream.average_rate, stream.frames
-    indices, frames, damage = [], None, None
+    indices, frames, damage, index = [], None, None, None
     try:
         with container:
             index = _index_packets(container, stream)
@@ -717,7 +729,9 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
                 timeline = _Timeline.from_pts(pts, time_base, rate)
                 indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
                 try:
-                    decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices], apply_rotation)
+                    with progress_bar(len(indices), f"Decoding {source.name}", "frame") as progress:
+                        decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices],
+                                                     apply_rotation, progress)
                     frames = [decoded[pts[i]] for i in indices]
                 except _SeekFailed as reason:
                     logger.warning(f"Seeking in {source.name} failed ({reason}); decoding it sequentially instead.")
@@ -725,7 +739,9 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         raise ValueError(f"`videos`: could not read {source.name} ({error}).") from error
 
     if frames is None:
-        pts, kept, damage = _decode_sequentially(source, set(indices), apply_rotation)
+        total = len(index.pts) if index is not None else announced or None
+        with progress_bar(total, f"Decoding {source.name}", "frame") as progress:
+            pts, kept, damage = _decode_sequentially(source, set(indices), apply_rotation, progress)
         if not pts:
             raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
         timeline = _Timeline.from_pts(pts, time_base, rate)

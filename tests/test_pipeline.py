@@ -1,6 +1,7 @@
 """`pipeline("video-text-to-text")`: remote code in a clean process, chat and text inputs, batching, streaming,
 `return_full_text`, and the example CLI."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import TextIteratorStreamer, pipeline
+from transformers.utils import logging as hf_logging
 
 from conversion.convert_hicom_original_to_hf import convert
 from processing_hicom.pipeline_hicom import TASK, register_pipeline
@@ -292,3 +294,62 @@ def test_pad_to_num_frames_reaches_the_processor(pipe):
     assert own["video_num_frames"].tolist() == [2]
     out = pipe(videos=short_clip, text="What?", num_frames=8, pad_to_num_frames=False, return_tensors=True, **GREEDY)
     assert len(out[0]["generated_token_ids"]) == GREEDY["max_new_tokens"]
+
+
+class RecordingBar:
+    """Stands in for a tqdm bar shown on a terminal: records its settings and updates."""
+
+    disable = None  # what tqdm keeps when `disable=None` finds a terminal
+
+    def __init__(self, kwargs):
+        self.kwargs, self.count, self.closed = kwargs, 0, False
+
+    def update(self, n=1):
+        self.count += n
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def tqdm_hook(hook):
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
+def test_progress_bars_for_decoding_and_generation(pipe, bikes):
+    bars = []
+    with tqdm_hook(lambda factory, args, kwargs: bars.append(RecordingBar(kwargs)) or bars[-1]):
+        out = pipe(videos=bikes, text="What?", num_frames=5, return_tensors=True, **GREEDY)
+    by_desc = {bar.kwargs["desc"].split()[0]: bar for bar in bars}
+    assert by_desc.keys() == {"Decoding", "Generating"} and all(bar.closed for bar in bars)
+    assert by_desc["Decoding"].kwargs["total"] == by_desc["Decoding"].count == 5
+    assert by_desc["Generating"].kwargs["total"] == GREEDY["max_new_tokens"]
+    assert by_desc["Generating"].count == len(out[0]["generated_token_ids"])
+    with tqdm_hook(lambda factory, args, kwargs: bars.append(RecordingBar(kwargs)) or bars[-1]):
+        bars.clear()
+        pipe(videos=bikes, text="What?", num_frames=5, num_beams=2, **GREEDY)  # generate() refuses streamers here
+    assert [bar.kwargs["desc"].split()[0] for bar in bars] == ["Decoding"]
+
+    # As transformers' bars: off when stderr is not a terminal (as under pytest), and off when disabled.
+    real, enabled = [], hf_logging.is_progress_bar_enabled()
+    try:
+        with tqdm_hook(lambda factory, args, kwargs: real.append(factory(*args, **kwargs)) or real[-1]):
+            hf_logging.enable_progress_bar()
+            pipe(videos=bikes, text="What?", num_frames=5, **GREEDY)
+            assert len(real) == 2 and all(bar.disable is True for bar in real)
+            hf_logging.disable_progress_bar()
+            real.clear()
+            pipe(videos=bikes, text="What?", num_frames=5, **GREEDY)
+            assert len(real) == 2 and all(isinstance(bar, hf_logging.EmptyTqdm) for bar in real)
+    finally:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
