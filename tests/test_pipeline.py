@@ -169,18 +169,23 @@ CLEAN_PROCESS = textwrap.dedent(
 )
 
 
-def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
-    """A copy of the folder, our package not importable, the Hub offline: the folder alone must be enough."""
+def run_in_a_clean_process(script, model_dir, video, tmp_path, verbosity="error"):
+    """Run `script` on a copy of the folder, our package not importable, the Hub offline: the folder alone must be
+    enough. Returns the JSON report the script prints last, and its stderr."""
     folder = tmp_path / "hub-copy"
     shutil.copytree(model_dir, folder)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY=verbosity)
     result = subprocess.run(
-        [sys.executable, "-c", CLEAN_PROCESS, str(folder), bikes],
+        [sys.executable, "-c", script, str(folder), video],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
+    report, _ = run_in_a_clean_process(CLEAN_PROCESS, model_dir, bikes, tmp_path)
     assert report["pipeline_module"].startswith("transformers_modules")
     assert report["our_modules"] == []
     assert len(report["chat_tokens"]) == 3 and report["chat_tokens"] == report["generate_tokens"]
@@ -234,19 +239,10 @@ MODEL_OBJECT_PROCESS = textwrap.dedent(
 def test_pipeline_from_a_model_object_in_a_clean_process(model_dir, bikes, tmp_path):
     """README recipes load the model themselves (quantized, `device_map`) and pass the object: transformers reads
     `custom_pipelines` only from a path, so loading the folder's processor must make the task known."""
-    folder = tmp_path / "hub-copy"
-    shutil.copytree(model_dir, folder)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="warning")
-    result = subprocess.run(
-        [sys.executable, "-c", MODEL_OBJECT_PROCESS, str(folder), bikes],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report, stderr = run_in_a_clean_process(MODEL_OBJECT_PROCESS, model_dir, bikes, tmp_path, verbosity="warning")
     assert report["pipeline_module"].startswith("transformers_modules")
     assert len(report["tokens"]) == 3
-    assert "already registered" not in result.stderr
+    assert "already registered" not in stderr
 
 
 def image_chat(image, question):
