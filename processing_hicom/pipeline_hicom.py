@@ -188,7 +188,7 @@ class VideoTextToTextPipeline(Pipeline):
                     url = block.get("image_url")
                     visuals["image"].append(url.get("url") if isinstance(url, dict) else url)
                 elif kind in _BLOCK_KEYS:
-                    found = [block[key] for key in _BLOCK_KEYS[kind] if key in block]
+                    found = [block[key] for key in _BLOCK_KEYS[kind] if block.get(key) is not None]
                     if len(found) != 1:
                         raise ValueError(f"A `{kind}` block needs exactly one of the keys {list(_BLOCK_KEYS[kind])} "
                                          f"(found {len(found)}).")

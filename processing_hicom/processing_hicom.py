@@ -558,8 +558,9 @@ class HicomProcessor(ProcessorMixin):
     ):
         """`ProcessorMixin.apply_chat_template`, with HICom's sampling and instruction arguments taken directly.
 
-        Video blocks may name the video with `path`, `url` (local path) or `video` (path, array or frames); with
-        `tokenize=True` they are loaded by this processor's video processor, sampled with `num_frames`/`fps`.
+        Video blocks may name the video with `path`, `url` (a path or a `file://`, `data:` or http(s) URL) or `video`
+        (also an array or frames), image blocks likewise (`image`, `url`, `path`, `base64`); with `tokenize=True` they
+        are loaded by this processor, videos sampled with `num_frames`/`fps`.
         """
         processor_kwargs = dict(processor_kwargs or {})
         for name, value in (("num_frames", num_frames), ("fps", fps), ("start", start), ("end", end),
