@@ -540,9 +540,9 @@ def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, deco
     left_at = []
     decode_by_seeking = vp._decode_by_seeking
 
-    def checked(container, stream, index, wanted):
+    def checked(container, stream, *args):
         try:
-            return decode_by_seeking(container, stream, index, wanted)
+            return decode_by_seeking(container, stream, *args)
         finally:
             left_at.append(stream.codec_context.skip_frame)
 
