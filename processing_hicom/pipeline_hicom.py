@@ -1,16 +1,20 @@
 """`pipeline("video-text-to-text")`: transformers 5.x has no such task, so HICom ships one.
 
-It mirrors `image-text-to-text`: chat messages with `{"type": "video", "path": ...}` blocks, or `videos=` + `text=`;
-output `[{"input_text": ..., "generated_text": ...}]`. A list of inputs is processed `batch_size` examples per
-`generate()` call, left-padded, so that batching changes speed and not answers.
+It mirrors `image-text-to-text`: chat messages with `{"type": "video", "path": ...}` (and `"image"`) blocks, or
+`videos=` / `images=` + `text=`; output `[{"input_text": ..., "generated_text": ...}]`. A list of inputs is processed
+`batch_size` examples per `generate()` call, left-padded, so that batching changes speed and not answers. Long decodes
+and generations show progress bars on a terminal (`progress_bar`).
 """
 
 import enum
 from itertools import islice
 
 from transformers import AutoModelForImageTextToText, GenerationConfig, Pipeline
+from transformers.generation import BaseStreamer
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
+
+from .video_processing_hicom import progress_bar
 
 logger = logging.get_logger(__name__)
 
@@ -21,6 +25,10 @@ class ReturnType(enum.Enum):
     TENSORS = 0
     NEW_TEXT = 1
     FULL_TEXT = 2
+
+
+# Keys naming a chat block's visual, in transformers' `apply_chat_template` order.
+_BLOCK_KEYS = {"video": ("video", "url", "path"), "image": ("image", "url", "path", "base64")}
 
 
 def _is_chat(value) -> bool:
@@ -56,11 +64,13 @@ class VideoTextToTextPipeline(Pipeline):
         return_tensors=None,
         num_frames=None,
         fps=None,
+        pad_to_num_frames=None,
         instructions=None,
         skip_special_tokens=None,
         **kwargs,
     ):
-        preprocess_params = {k: v for k, v in (("num_frames", num_frames), ("fps", fps)) if v is not None}
+        sampling = (("num_frames", num_frames), ("fps", fps), ("pad_to_num_frames", pad_to_num_frames))
+        preprocess_params = {k: v for k, v in sampling if v is not None}
         if instructions is not None:
             preprocess_params["instructions"] = instructions
         generate_kwargs = dict(generate_kwargs or {})
@@ -87,16 +97,17 @@ class VideoTextToTextPipeline(Pipeline):
             postprocess_params["skip_special_tokens"] = skip_special_tokens
         return preprocess_params, forward_params, postprocess_params
 
-    def __call__(self, text=None, videos=None, **kwargs):
+    def __call__(self, text=None, videos=None, images=None, **kwargs):
         """Generate answers for one example or a list of them.
 
         Args:
-            text: a prompt string (with or without a `<video>` tag: one is prepended per video when missing), a chat
-                (list of `{"role", "content"}` messages whose content holds `{"type": "video", "path": ...}` blocks),
-                or a list of prompts / chats.
-            videos: with string prompts, one video per prompt (path, file object or `(T, H, W, 3)` uint8 array), or a
-                list of videos per prompt.
-            num_frames / fps: frame sampling, passed to the processor.
+            text: a prompt string (with or without `<video>`/`<image>` tags: one is prepended per video/image when
+                missing), a chat (list of `{"role", "content"}` messages whose content holds `{"type": "video",
+                "path": ...}` / `{"type": "image", "path": ...}` blocks), or a list of prompts / chats.
+            videos: with string prompts, one video per prompt (path, URL, file object or `(T, H, W, 3)` uint8 array),
+                or a list of videos per prompt.
+            images: likewise, one image per prompt (path, URL, PIL image or `(H, W, 3)` array) or a list per prompt.
+            num_frames / fps / pad_to_num_frames: frame sampling, passed to the processor.
             max_new_tokens, generate_kwargs: passed to `generate()`.
             return_full_text: `False` returns only the answer; default `True` (prompt + answer), like
                 `image-text-to-text`.
@@ -106,20 +117,31 @@ class VideoTextToTextPipeline(Pipeline):
         """
         if text is None:
             raise ValueError(f"The {TASK} pipeline needs `text`: a prompt or chat messages.")
-        if _is_chat(text):
-            if videos is not None:
-                raise ValueError("With chat messages, put the videos inside the messages, not in `videos=`.")
-            return super().__call__({"chat": list(text)}, **kwargs)
-        if isinstance(text, (list, tuple)) and text and all(_is_chat(chat) for chat in text):
-            if videos is not None:
-                raise ValueError("With chat messages, put the videos inside the messages, not in `videos=`.")
+        is_chat_list = isinstance(text, (list, tuple)) and bool(text) and all(_is_chat(chat) for chat in text)
+        if _is_chat(text) or is_chat_list:
+            if videos is not None or images is not None:
+                raise ValueError("With chat messages, put the videos and images inside the messages, not in "
+                                 "`videos=` / `images=`.")
+            if _is_chat(text):
+                return super().__call__({"chat": list(text)}, **kwargs)
             return super().__call__([{"chat": list(chat)} for chat in text], **kwargs)
         if isinstance(text, str):
-            return super().__call__({"text": text, "videos": videos}, **kwargs)
+            return super().__call__({"text": text, "videos": videos, "images": images}, **kwargs)
         if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
-            if not isinstance(videos, (list, tuple)) or len(videos) != len(text):
-                raise ValueError(f"Give one video (or list of videos) per prompt: {len(text)} prompts.")
-            return super().__call__([{"text": t, "videos": v} for t, v in zip(text, videos)], **kwargs)
+            per_prompt = {}
+            for name, value in (("videos", videos), ("images", images)):
+                if value is None:
+                    per_prompt[name] = [None] * len(text)
+                elif isinstance(value, (list, tuple)) and len(value) == len(text):
+                    per_prompt[name] = list(value)
+                else:
+                    raise ValueError(f"Give one {name[:-1]} (or list of {name}) per prompt in `{name}`: "
+                                     f"{len(text)} prompts.")
+            return super().__call__(
+                [{"text": t, "videos": v, "images": i} for t, v, i in zip(text, per_prompt["videos"],
+                                                                           per_prompt["images"])],
+                **kwargs,
+            )
         raise TypeError(f"`text` must be a string, a chat, or a list of them; got {type(text).__name__}.")
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
@@ -131,17 +153,19 @@ class VideoTextToTextPipeline(Pipeline):
 
     def preprocess(self, inputs, **processor_kwargs):
         examples = inputs if isinstance(inputs, list) else [inputs]
-        prompts, videos = [], []
+        prompts, videos, images = [], [], []
         for example in examples:
             if "chat" in example:
-                prompt, example_videos = self._render_chat(example["chat"])
+                prompt, visuals = self._render_chat(example["chat"])
             else:
-                prompt, example_videos = self._render_text(example["text"], example["videos"])
+                prompt, visuals = self._render_text(example["text"], example["videos"], example["images"])
             prompts.append(prompt)
-            videos.extend(example_videos)
+            videos.extend(visuals["video"])
+            images.extend(visuals["image"])
         self.processor.tokenizer.padding_side = "left"
         model_inputs = self.processor(
-            text=prompts, videos=videos or None, padding=True, return_tensors="pt", **processor_kwargs
+            text=prompts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
+            **processor_kwargs,
         )
         model_inputs = model_inputs.to(self.device)
         if self.dtype is not None:
@@ -151,26 +175,42 @@ class VideoTextToTextPipeline(Pipeline):
         return {"model_inputs": model_inputs, "input_text": [e.get("chat", e.get("text")) for e in examples]}
 
     def _render_chat(self, messages):
+        """The prompt and the chat's videos and images, in order, named by the same block keys transformers'
+        `apply_chat_template` reads (OpenAI-style `image_url` blocks included, which it renders as images)."""
         prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        videos = [
-            block.get("path") or block.get("url") or block.get("video")
-            for message in messages
-            if isinstance(message.get("content"), list)
-            for block in message["content"]
-            if block.get("type") == "video"
-        ]
-        return prompt, videos
+        visuals = {"video": [], "image": []}
+        for message in messages:
+            if not isinstance(message.get("content"), list):
+                continue
+            for block in message["content"]:
+                kind = block.get("type")
+                if kind == "image_url":
+                    url = block.get("image_url")
+                    visuals["image"].append(url.get("url") if isinstance(url, dict) else url)
+                elif kind in _BLOCK_KEYS:
+                    found = [block[key] for key in _BLOCK_KEYS[kind] if block.get(key) is not None]
+                    if len(found) != 1:
+                        raise ValueError(f"A `{kind}` block needs exactly one of the keys {list(_BLOCK_KEYS[kind])} "
+                                         f"(found {len(found)}).")
+                    visuals[kind].append(found[0])
+        return prompt, visuals
 
-    def _render_text(self, text, videos):
-        videos = [] if videos is None else list(videos) if isinstance(videos, (list, tuple)) else [videos]
-        tag = self.processor.video_token
-        if text.count(tag) != len(videos):
-            if tag in text:
-                raise ValueError(f"The prompt has {text.count(tag)} `{tag}` tags for {len(videos)} videos.")
-            text = "".join(f"{tag}\n" for _ in videos) + text
+    def _render_text(self, text, videos, images):
+        """The chat prompt of a plain question, with one tag per video/image prepended when the text has none."""
+        visuals = {}
+        for kind, value in (("video", videos), ("image", images)):
+            visuals[kind] = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+        prefix = ""
+        for kind, tag in (("image", self.processor.image_token), ("video", self.processor.video_token)):
+            if text.count(tag) != len(visuals[kind]):
+                if tag in text:
+                    raise ValueError(f"The prompt has {text.count(tag)} `{tag}` tags for {len(visuals[kind])} "
+                                     f"{kind}s.")
+                prefix += f"{tag}\n" * len(visuals[kind])
         return self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": text}]}], tokenize=False, add_generation_prompt=True
-        ), videos
+            [{"role": "user", "content": [{"type": "text", "text": prefix + text}]}], tokenize=False,
+            add_generation_prompt=True,
+        ), visuals
 
     def _forward(self, inputs, generate_kwargs=None):
         model_inputs = inputs["model_inputs"]
@@ -179,8 +219,29 @@ class VideoTextToTextPipeline(Pipeline):
             generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         # The pipeline's defaults (max_new_tokens=256) under the user's and the model's generation settings.
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
-        sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        progress = self._generation_progress(generate_kwargs)
+        if progress is not None:
+            generate_kwargs["streamer"] = progress
+        try:
+            sequences = self.model.generate(**model_inputs, **generate_kwargs)
+        finally:
+            if progress is not None:
+                progress.end()
         return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"]}
+
+    def _generation_progress(self, generate_kwargs) -> "_TokenProgress | None":
+        """A progress bar over the generated tokens (see `progress_bar`: only on a terminal, after a second), fed as
+        `generate()`'s streamer. None when the user passes a streamer (`generate()` takes one) or uses beam search
+        (`generate()` refuses streamers there), or when the bar is off."""
+        config = generate_kwargs.get("generation_config") or self.model.generation_config
+        num_beams = generate_kwargs.get("num_beams", config.num_beams) or 1
+        if "streamer" in generate_kwargs or num_beams > 1:
+            return None
+        bar = progress_bar(generate_kwargs.get("max_new_tokens", config.max_new_tokens), "Generating", "token")
+        if isinstance(bar, logging.EmptyTqdm) or bar.disable:  # transformers' bars disabled, or not a terminal
+            bar.close()
+            return None
+        return _TokenProgress(bar)
 
     def postprocess(self, outputs, return_type=ReturnType.FULL_TEXT, skip_special_tokens=True, batched=False):
         prompt_length = outputs["input_ids"].shape[1]
@@ -199,11 +260,35 @@ class VideoTextToTextPipeline(Pipeline):
         return results if batched else results[0]
 
 
+class _TokenProgress(BaseStreamer):
+    """Advances a progress bar once per generation step. `generate()` first `put`s the prompt, which is not counted."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self):
+        self.bar.close()
+
+
 def register_pipeline():
-    """Make `pipeline("video-text-to-text", model=...)` work in this process (remote code does it via the config)."""
-    PIPELINE_REGISTRY.register_pipeline(
-        TASK, pipeline_class=VideoTextToTextPipeline, pt_model=AutoModelForImageTextToText, type="multimodal"
-    )
+    """Make `pipeline("video-text-to-text", ...)` resolve to this module's pipeline class in this process.
+
+    Called when this package is imported and when a folder's remote-code processor is loaded (`processing_hicom`
+    imports this module), so that `pipeline(TASK, model=<model object>, processor=<processor>)` works in a process
+    that only has the converted folder: transformers reads `custom_pipelines` only when `model` is a path, and has no
+    `video-text-to-text` task of its own. Registering the same class again is skipped (transformers warns on every
+    overwrite).
+    """
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl")
+    if registered is not VideoTextToTextPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK, pipeline_class=VideoTextToTextPipeline, pt_model=AutoModelForImageTextToText, type="multimodal"
+        )
 
 
 __all__ = ["VideoTextToTextPipeline", "register_pipeline", "TASK"]

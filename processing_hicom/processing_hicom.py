@@ -4,8 +4,8 @@ HICom compresses each video *conditioned on the question*, so besides the usual 
 question tokenized for the SigLIP text tower (`instruct_input_ids`), one row per video. It also expands each `<video>`
 placeholder into exactly the number of tokens the compressor will produce for that video.
 
-Remote code: this file is copied flat next to the model files, so it imports only torch, numpy, transformers and
-(lazily, for `from_components`) its sibling `video_processing_hicom`.
+Remote code: this file is copied flat next to the model files, so it imports only torch, numpy, transformers and its
+siblings `pipeline_hicom` (to register the pipeline task) and `video_processing_hicom`.
 """
 
 import json
@@ -20,6 +20,8 @@ from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
+
+from .pipeline_hicom import register_pipeline
 
 logger = logging.get_logger(__name__)
 
@@ -167,16 +169,17 @@ def _flatten_visuals(value, is_single, counts: list[int], name: str) -> list:
     )
 
 
-def _open_image_file(path: str):
-    """A local image file as a PIL image in its own mode (16-bit kept), EXIF orientation applied."""
+def _open_image_file(source, name: str):
+    """An image file (a local path or a binary file object) as a PIL image in its own mode (16-bit kept), EXIF
+    orientation applied. `name` is what the user gave, for errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"`images`: could not read {path!r} as an image ({error}).") from error
+        raise ValueError(f"`images`: could not read {name} as an image ({error}).") from error
 
 
 def _count_per_row(input_ids, token_id: int) -> list[int]:
@@ -394,6 +397,7 @@ class HicomProcessor(ProcessorMixin):
         start=None,
         end=None,
         max_frames=None,
+        pad_to_num_frames=None,
         padding=None,
         return_tensors="pt",
         return_metadata=False,
@@ -409,8 +413,9 @@ class HicomProcessor(ProcessorMixin):
             instructions: what conditions the compression; by default taken from each prompt's (last) user text, see
                 `extract_instruction`. A string (all placeholders), one per placeholder in order of appearance, or one
                 per prompt.
-            num_frames / fps / start / end / max_frames: frame sampling, passed to the video processor (`num_frames`
-                and `fps` are exclusive).
+            num_frames / fps / start / end / max_frames / pad_to_num_frames: frame sampling, passed to the video
+                processor (`num_frames` and `fps` are exclusive; `pad_to_num_frames=False` gives a clip shorter than
+                `num_frames` its own frames only, instead of the reference's black padding frames).
             padding: tokenizer padding; default `True` for several prompts. The side is `tokenizer.padding_side` (set
                 it to `"left"` for batched generation).
             return_metadata: also return `video_metadata` (sampled indices, timestamps...) per video.
@@ -422,10 +427,18 @@ class HicomProcessor(ProcessorMixin):
             instruct_max_length); with images `pixel_values` (num_images, 3, S, S), `image_instruct_input_ids` /
             `image_instruct_attention_mask`.
         """
-        # Set by `ProcessorMixin.apply_chat_template`; HICom always samples frames, and has no audio.
+        # Set by `ProcessorMixin.apply_chat_template`; HICom always samples frames.
         kwargs.pop("do_sample_frames", None)
-        if kwargs.pop("audio", None) is not None:
-            raise ValueError("HICom takes no `audio`.")
+        # Generic multimodal callers (lmms-eval's `huggingface` model, `apply_chat_template`) pass every modality, the
+        # ones a prompt does not use as `None` or `[]`. HICom has no audio input: only actual audio is an error.
+        for name in ("audio", "audios"):
+            audio = kwargs.pop(name, None)
+            if not (audio is None or (isinstance(audio, (list, tuple)) and not audio)):
+                raise ValueError(
+                    f"HICom has no audio input: `{name}` must be None or empty, got {type(audio).__name__}"
+                    f"{f' of {len(audio)} items' if isinstance(audio, (list, tuple)) else ''}. A video's sound track "
+                    "is ignored; pass the video alone."
+                )
         unexpected = sorted(set(kwargs) - set(_TOKENIZER_KWARGS))
         if unexpected:
             raise TypeError(f"HicomProcessor got unexpected arguments: {unexpected}.")
@@ -457,6 +470,7 @@ class HicomProcessor(ProcessorMixin):
                 start=start,
                 end=end,
                 max_frames=max_frames,
+                pad_to_num_frames=pad_to_num_frames,
                 return_tensors="pt",
                 return_metadata=return_metadata,
             )
@@ -505,21 +519,14 @@ class HicomProcessor(ProcessorMixin):
     def _preprocess_image(self, image) -> torch.Tensor:
         """An image is a one-frame video: `(1, 3, S, S)`.
 
-        Local files are opened with PIL in their own mode, so that the video processor's pixel rules apply: a 16-bit
-        PNG is scaled to 8 bits (transformers' `load_image` converts to RGB first, which clips 16-bit values to 255),
-        alpha is dropped. URLs and base64 strings go through transformers' `load_image` (8-bit RGB).
+        Paths and URLs (`file://`, `data:`, http(s), see `open_source`) are opened with PIL in the image's own mode, so
+        that the video processor's pixel rules apply: a 16-bit PNG is scaled to 8 bits (transformers' `load_image`
+        converts to RGB first, which clips 16-bit values to 255), alpha is dropped.
         """
         if isinstance(image, (str, os.PathLike)):
-            from .video_processing_hicom import check_not_dir_or_empty
+            from .video_processing_hicom import describe, open_source
 
-            path = os.fspath(image)
-            if os.path.exists(path):
-                check_not_dir_or_empty(path, "images", "an image")
-                image = _open_image_file(path)
-            else:
-                from transformers.image_utils import load_image
-
-                image = load_image(path)
+            image = _open_image_file(open_source(image, "images", "an image"), describe(os.fspath(image)))
         pixels = self.video_processor.preprocess_frames(image)
         if pixels.shape[0] != 1:
             raise ValueError(f"An image must be one (H, W[, C]) frame, got {tuple(image.shape)}.")
@@ -550,18 +557,21 @@ class HicomProcessor(ProcessorMixin):
         start=None,
         end=None,
         max_frames=None,
+        pad_to_num_frames=None,
         instructions=None,
         processor_kwargs=None,
         **kwargs,
     ):
         """`ProcessorMixin.apply_chat_template`, with HICom's sampling and instruction arguments taken directly.
 
-        Video blocks may name the video with `path`, `url` (local path) or `video` (path, array or frames); with
-        `tokenize=True` they are loaded by this processor's video processor, sampled with `num_frames`/`fps`.
+        Video blocks may name the video with `path`, `url` (a path or a `file://`, `data:` or http(s) URL) or `video`
+        (also an array or frames), image blocks likewise (`image`, `url`, `path`, `base64`); with `tokenize=True` they
+        are loaded by this processor, videos sampled with `num_frames`/`fps`.
         """
         processor_kwargs = dict(processor_kwargs or {})
         for name, value in (("num_frames", num_frames), ("fps", fps), ("start", start), ("end", end),
-                            ("max_frames", max_frames), ("instructions", instructions)):
+                            ("max_frames", max_frames), ("pad_to_num_frames", pad_to_num_frames),
+                            ("instructions", instructions)):
             if value is not None:
                 processor_kwargs[name] = value
         return super().apply_chat_template(
@@ -646,5 +656,8 @@ class HicomProcessor(ProcessorMixin):
 
 
 HicomProcessor.register_for_auto_class("AutoProcessor")
+# Loading the processor (from this package or as a folder's remote code) makes the pipeline task available, so that a
+# model object loaded by the user can be wrapped with `pipeline("video-text-to-text", model=model, processor=processor)`.
+register_pipeline()
 
 __all__ = ["HICOM_CHAT_TEMPLATE", "HicomProcessor", "extract_instruction"]

@@ -17,6 +17,7 @@ Remote code: this file is copied flat next to the model files, so it imports onl
 """
 
 import bisect
+import contextlib
 import io
 import math
 import os
@@ -91,13 +92,19 @@ def _check_sampling(num_frames, fps, start, end, max_frames) -> None:
         raise ValueError(f"`end` ({end}) must be greater than `start` ({start or 0}).")
 
 
-def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames):
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames,
+                   pad_to_num_frames=True):
     """`(indices, padded_frames)`: which frames of the video to keep, and how many black frames to append.
 
     `[start, end)` keeps the frames *shown* during the span (frame i is on screen from `t_i` to `t_{i+1}`), so a span
     shorter than a frame still holds one. `fps` samples at times `start + k/fps` (nearest frame, repeats dropped).
     Neither `num_frames` nor `fps`: every frame of the span. `max_frames` caps the count with the same segment-middle
-    rule. Only `num_frames` pads.
+    rule. Only `num_frames` pads, and only with `pad_to_num_frames` (see `_warn_padding`).
     """
     first, stop = 0, num_available
     if timestamps is None and (fps is not None or start is not None or end is not None):
@@ -128,7 +135,21 @@ def _select_frames(timestamps, duration, num_available, num_frames, fps, start, 
         limit = max_frames if limit is None else min(limit, max_frames)
     if limit is not None and len(span) > limit:
         span = [span[i] for i in uniform_indices(len(span), limit)]
-    return span, (limit - len(span) if num_frames is not None else 0)
+    padded = limit - len(span) if num_frames is not None and pad_to_num_frames else 0
+    if padded:
+        _warn_padding(len(span), limit, padded)
+    return span, padded
+
+
+def _warn_padding(num_real: int, num_frames: int, padded: int) -> None:
+    """Say, once per distinct case, that black frames were appended. The reference pads a clip shorter than
+    `num_frames` with black frames (kept, the model was trained on it), but every padding frame costs LLM tokens and
+    carries no content, so the user should know and be told how to get the clip's own frames only."""
+    logger.warning_once(
+        f"A video has {num_real} frame(s) to sample but {num_frames} were asked for: {padded} black frame(s) were "
+        f"appended, as the reference implementation does. Pass `pad_to_num_frames=False` to keep only the video's "
+        f"own {num_real} frame(s)."
+    )
 
 
 # --- In-memory frames -------------------------------------------------------------------------------------------------
@@ -294,6 +315,107 @@ class _SeekFailed(Exception):
 _TEXT_ART_CODECS = {"ansi", "bintext", "xbin", "idf"}
 
 
+# --- Sources: paths and URLs ------------------------------------------------------------------------------------------
+DOWNLOAD_TIMEOUT_S = 60
+# Downloads stay in memory up to this size, then spill to a temporary file (a video can be larger than memory).
+_DOWNLOAD_IN_MEMORY_BYTES = 64 << 20
+# A string this long, made of base64 characters only, that names no file is read as raw base64 data (as transformers'
+# `load_image` does for images); shorter ones are reported as missing files, since a mistyped path can be valid base64.
+_MIN_RAW_BASE64_CHARS = 256
+
+
+def describe(value, limit: int = 100) -> str:
+    """`repr(value)` cut to `limit` characters: arguments can be multi-megabyte base64 strings, and an error message
+    that echoes one whole buries the message (and the terminal)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def open_source(source, argument: str, kind: str):
+    """What a video or image string names, as a local path (`str`) or a seekable binary file object.
+
+    Accepted: a local path; a `file://` URL; a `data:` URL (`data:video/mp4;base64,...`, what OpenAI-style clients send;
+    percent-encoded data too); an `http://` / `https://` URL, downloaded with urllib (a clear error when offline); a
+    long raw base64 string. `argument` and `kind` name the input in errors ("videos", "a video").
+    """
+    text = os.fspath(source)
+    scheme = text[:8].lower()
+    if scheme.startswith("data:"):
+        return _decode_data_url(text, argument)
+    if scheme.startswith(("http://", "https://")):
+        return _download(text, argument)
+    path = text
+    if scheme.startswith("file://"):
+        import urllib.parse
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"`{argument}`: {describe(text)} names a file on another host ({parts.netloc!r}); only "
+                             "local `file://` URLs are read.")
+        path = urllib.request.url2pathname(parts.path)
+    if not os.path.exists(path):
+        if path is text and len(text) >= _MIN_RAW_BASE64_CHARS:
+            import base64
+            import binascii
+
+            try:
+                return io.BytesIO(base64.b64decode(text, validate=True))
+            except binascii.Error:
+                pass
+        raise FileNotFoundError(f"`{argument}`: no such file: {describe(path)}.")
+    check_not_dir_or_empty(path, argument, kind)
+    return path
+
+
+def _decode_data_url(url: str, argument: str) -> io.BytesIO:
+    import base64
+    import binascii
+    import urllib.parse
+
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise ValueError(f"`{argument}`: {describe(url)} is not a data URL (expected `data:<type>;base64,<data>`).")
+    if header.lower().endswith(";base64"):
+        try:
+            data = base64.b64decode(urllib.parse.unquote(payload), validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"`{argument}`: the base64 data of {describe(url)} is invalid ({error}).") from error
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if not data:
+        raise ValueError(f"`{argument}`: {describe(url)} holds no data.")
+    return io.BytesIO(data)
+
+
+def _download(url: str, argument: str):
+    """The body of an http(s) URL, in memory or (when large) in a temporary file. Network failures raise
+    `ConnectionError` naming the URL and the reason, so that an offline machine says so instead of "no such file"."""
+    import shutil
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    body = tempfile.SpooledTemporaryFile(max_size=_DOWNLOAD_IN_MEMORY_BYTES)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            shutil.copyfileobj(response, body)
+    except urllib.error.HTTPError as error:
+        body.close()
+        raise ConnectionError(f"`{argument}`: downloading {describe(url)} failed: HTTP {error.code} "
+                              f"{error.reason}.") from error
+    except (urllib.error.URLError, OSError) as error:
+        body.close()
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(f"`{argument}`: could not download {describe(url)} ({reason}). Without network access, "
+                              "download the file elsewhere and pass its local path.") from error
+    if body.tell() == 0:
+        body.close()
+        raise ValueError(f"`{argument}`: {describe(url)} returned no data.")
+    body.seek(0)
+    return body
+
+
 def check_not_dir_or_empty(path: str, argument: str, kind: str) -> None:
     """Clear errors for an existing local path that cannot hold a frame: a directory or a zero-byte file. `kind`
     names what the file should be ("a video")."""
@@ -304,20 +426,20 @@ def check_not_dir_or_empty(path: str, argument: str, kind: str) -> None:
 
 
 class _Source:
-    """A video file or binary file object that can be opened again (the sequential fallback needs a fresh demuxer)."""
+    """A video file, URL (see `open_source`) or binary file object that can be opened again (the sequential fallback
+    needs a fresh demuxer)."""
 
     def __init__(self, video):
         if isinstance(video, (str, os.PathLike)):
-            path = os.fspath(video)
-            self.name = repr(path)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"`videos`: no such file: {path!r}.")
-            check_not_dir_or_empty(path, "videos", "a video")
-            self.path, self.file = path, None
-            return
-        if isinstance(video, io.TextIOBase):
+            self.name = describe(os.fspath(video))
+            video = open_source(video, "videos", "a video")
+            if isinstance(video, str):
+                self.path, self.file = video, None
+                return
+        elif isinstance(video, io.TextIOBase):
             raise TypeError("`videos`: a file object must be opened in binary mode ('rb').")
-        self.name = repr(getattr(video, "name", None) or f"<{type(video).__name__}>")
+        else:
+            self.name = describe(getattr(video, "name", None) or f"<{type(video).__name__}>")
         seekable = getattr(video, "seekable", None)
         if not (callable(seekable) and seekable()):
             video = io.BytesIO(video.read())
@@ -443,7 +565,26 @@ def _frames_after_seek(container, stream, keyframe: tuple[int, int | None], want
         yield from packet.decode()
 
 
-def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
+def _frame_pixels(frame, apply_rotation: bool) -> np.ndarray:
+    """A decoded frame as `(H, W, 3)` uint8 RGB. With `apply_rotation`, turned the way players show it: phones store
+    portrait clips as landscape frames plus a display matrix, whose rotation PyAV gives as `frame.rotation`
+    (counter-clockwise degrees; `np.rot90` turns counter-clockwise too). Rounded to quarter turns, as FFmpeg's own
+    autorotation does; flips in the matrix are ignored (phones do not write them)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    turns = round(frame.rotation / 90) % 4 if apply_rotation else 0
+    return np.rot90(pixels, turns) if turns else pixels
+
+
+def progress_bar(total: int | None, desc: str, unit: str):
+    """A tqdm bar like transformers' own (`transformers.utils.logging.tqdm`): off when transformers' progress bars
+    are disabled (`transformers.utils.logging.disable_progress_bar()`, `HF_HUB_DISABLE_PROGRESS_BARS=1`), and also
+    off when stderr is not a terminal (`disable=None`) so that logs stay clean. It appears only once the work has
+    lasted a second: short decodes print nothing."""
+    return logging.tqdm(total=total, desc=desc, unit=unit, disable=None, delay=1, leave=False)
+
+
+def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int],
+                       apply_rotation: bool = True, progress=None) -> dict[int, np.ndarray]:
     """RGB frames at the sorted pts `wanted`. Seeks to the keyframe before each frame, but keeps decoding forward
     when that keyframe is not past what the decoder has already reached (re-seeking would only redo work)."""
     import av
@@ -459,7 +600,9 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
                     raise _SeekFailed("a decoded frame has no pts")
                 position = frame.pts
                 if frame.pts == target:
-                    frames[target] = frame.to_ndarray(format="rgb24")
+                    frames[target] = _frame_pixels(frame, apply_rotation)
+                    if progress is not None:
+                        progress.update(1)
                     break
                 if frame.pts > target:
                     raise _SeekFailed(f"the frame at pts {target} was not produced after seeking")
@@ -472,22 +615,70 @@ def _decode_by_seeking(container, stream, index: _PacketIndex, wanted: list[int]
     return frames
 
 
-def _decode_sequentially(source: _Source, keep: set[int]) -> tuple[list, dict[int, np.ndarray]]:
+@dataclass
+class _Damage:
+    """Where decoding had to skip part of a file: the stream times (s) of the packets the decoder rejected, whether
+    the demuxer gave up before the end, and the first error."""
+
+    skipped_times: list[float | None]
+    stopped_early: bool
+    first_error: str
+
+
+def _decode_sequentially(source: _Source, keep: set[int], apply_rotation: bool = True,
+                         progress=None) -> tuple[list, dict[int, np.ndarray], _Damage | None]:
     """Decode every frame (this order of frames is the reference), keeping those whose presentation index is in
-    `keep`. Returns the pts of all frames and the kept RGB frames."""
+    `keep`. Returns the pts of all decoded frames, the kept RGB frames, and what was skipped.
+
+    A damaged file is decoded around its damage, as players do: a packet the decoder rejects is skipped (its frame is
+    missing; later frames predicted from it are concealed by FFmpeg), and a container that becomes unreadable ends the
+    video there. Only a file where nothing decodes is an error."""
     import av
 
     container, stream = source.open()
-    pts, kept = [], {}
-    try:
-        with container:
-            for i, frame in enumerate(container.decode(stream)):
-                pts.append(frame.pts)
-                if i in keep:
-                    kept[i] = frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as error:
-        raise ValueError(f"`videos`: could not decode {source.name} ({error}).") from error
-    return pts, kept
+    pts, kept, skipped, stopped_early, errors = [], {}, [], False, []
+
+    def take(frames):
+        for frame in frames:
+            if len(pts) in keep:
+                kept[len(pts)] = _frame_pixels(frame, apply_rotation)
+            pts.append(frame.pts)
+        if progress is not None:
+            progress.update(len(frames))
+
+    with container:
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as error:
+                stopped_early = True
+                errors.append(error)
+                with contextlib.suppress(av.FFmpegError):  # frames still inside the decoder
+                    take(stream.codec_context.decode(None))
+                break
+            try:
+                take(packet.decode())
+            except av.FFmpegError as error:
+                skipped.append(None if packet.pts is None else float(packet.pts * stream.time_base))
+                errors.append(error)
+    if errors and not pts:
+        raise ValueError(f"`videos`: could not decode {source.name} ({errors[0]}).") from errors[0]
+    return pts, kept, (_Damage(skipped, stopped_early, str(errors[0])) if errors else None)
+
+
+def _warn_damage(name: str, damage: _Damage, num_decoded: int) -> None:
+    where = ", ".join("?" if t is None else f"{t:.2f}" for t in damage.skipped_times[:5])
+    where += ", ..." if len(damage.skipped_times) > 5 else ""
+    parts = [f"skipped {len(damage.skipped_times)} damaged packet(s) at {where} s"] if damage.skipped_times else []
+    if damage.stopped_early:
+        parts.append("stopped reading where the container became unreadable")
+    logger.warning(
+        f"{name} is damaged: {' and '.join(parts)} (first error: {damage.first_error}). Frames there are missing or "
+        f"concealed; frames were sampled from the {num_decoded} that decoded."
+    )
 
 
 def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
@@ -496,22 +687,27 @@ def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None):
+def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None, pad_to_num_frames=True,
+               apply_rotation=True):
     """Sampled frames of one video and where they came from: `(frames (T, H, W, 3) uint8, HicomVideoMetadata)`.
 
     Args:
         video: a path or binary file object (decoded with PyAV), or in-memory frames (see `frames_to_uint8`).
         num_frames: segment-middle sampling of this many frames over the clip (`uniform_indices`); shorter clips give
-            all their frames and `metadata.padded_frames` says how many black frames to append.
+            all their frames and `metadata.padded_frames` says how many black frames to append (with a warning).
         fps: instead, one frame every `1/fps` seconds (nearest frame; never more frames than the video has).
         start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled.
         max_frames: upper bound on the sampled frames (segment-middle subsampling).
+        pad_to_num_frames: `False` never pads (`metadata.padded_frames` is 0): a short clip gives its own frames only.
+        apply_rotation: turn frames upright by the file's display matrix (phone clips), as players do; `False` keeps
+            the stored orientation, as the reference's decord loader does.
         Neither `num_frames` nor `fps`: every frame of the clip (up to `max_frames`).
 
     Decoded frames equal, bit for bit, those of a full sequential decode at the same presentation indices.
     """
     _check_sampling(num_frames, fps, start, end, max_frames)
-    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames)
+    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames,
+                    pad_to_num_frames=pad_to_num_frames)
     if not (isinstance(video, (str, os.PathLike)) or _is_file(video)):
         frames = frames_to_uint8(video)
         indices, padded = _select_frames(None, None, len(frames), **sampling)
@@ -522,7 +718,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
     source = _Source(video)
     container, stream = source.open(thread_type="SLICE")
     time_base, rate, announced = stream.time_base, stream.guessed_rate or stream.average_rate, stream.frames
-    indices, frames = [], None
+    indices, frames, damage, index = [], None, None, None
     try:
         with container:
             index = _index_packets(container, stream)
@@ -533,7 +729,9 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
                 timeline = _Timeline.from_pts(pts, time_base, rate)
                 indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
                 try:
-                    decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices])
+                    with progress_bar(len(indices), f"Decoding {source.name}", "frame") as progress:
+                        decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices],
+                                                     apply_rotation, progress)
                     frames = [decoded[pts[i]] for i in indices]
                 except _SeekFailed as reason:
                     logger.warning(f"Seeking in {source.name} failed ({reason}); decoding it sequentially instead.")
@@ -541,15 +739,19 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         raise ValueError(f"`videos`: could not read {source.name} ({error}).") from error
 
     if frames is None:
-        pts, kept = _decode_sequentially(source, set(indices))
+        total = len(index.pts) if index is not None else announced or None
+        with progress_bar(total, f"Decoding {source.name}", "frame") as progress:
+            pts, kept, damage = _decode_sequentially(source, set(indices), apply_rotation, progress)
         if not pts:
             raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
         timeline = _Timeline.from_pts(pts, time_base, rate)
         indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
         if any(i not in kept for i in indices):
-            _, kept = _decode_sequentially(source, set(indices))
+            _, kept, _ = _decode_sequentially(source, set(indices), apply_rotation)
         frames = [kept[i] for i in indices]
-    if announced and len(pts) < announced:
+        if damage is not None:
+            _warn_damage(source.name, damage, len(pts))
+    if announced and len(pts) < announced and damage is None:
         logger.warning(f"{source.name} holds {len(pts)} frames but its header announces {announced}: truncated?")
     frames = _stack(frames, source.name)
     metadata = HicomVideoMetadata(
@@ -578,6 +780,8 @@ class HicomVideoProcessorKwargs(TypedDict, total=False):
     num_frames: int | None
     max_frames: int | None
     fps: float | None
+    pad_to_num_frames: bool
+    apply_rotation: bool
 
 
 class HicomVideoProcessor(VideoProcessorMixin):
@@ -598,6 +802,11 @@ class HicomVideoProcessor(VideoProcessorMixin):
         max_frames (`int`, *optional*): cap on the frames per video.
         fps (`float`, *optional*): sample this many frames per second instead; a configured `fps` takes precedence
             over the configured `num_frames` (call arguments override both).
+        pad_to_num_frames (`bool`, defaults to `True`): append black frames to a clip with fewer than `num_frames`
+            frames, as the reference does (a warning says so); `False` keeps only the clip's own frames.
+        apply_rotation (`bool`, defaults to `True`): turn video frames upright by the file's rotation metadata, as
+            players do. The reference (decord) ignores it: `False` reproduces its pixels for rotated phone clips
+            (files without rotation metadata are unaffected).
     """
 
     model_input_names = ["pixel_values_videos", "video_num_frames"]
@@ -614,6 +823,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
         num_frames=32,
         max_frames=None,
         fps=None,
+        pad_to_num_frames=True,
+        apply_rotation=True,
         **kwargs,
     ):
         size = {"height": 384, "width": 384} if size is None else size
@@ -630,6 +841,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
             raise ValueError(f"`image_mean` / `image_std` need 3 values (std > 0), got {image_mean} / {image_std}.")
         _check_sampling(num_frames, None, None, None, max_frames)
         _check_sampling(None, fps, None, None, None)
+        _check_flag("pad_to_num_frames", pad_to_num_frames)
+        _check_flag("apply_rotation", apply_rotation)
         super().__init__(**kwargs)
         self.size = dict(size)
         self.patch_size = patch_size
@@ -640,6 +853,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
         self.num_frames = num_frames
         self.max_frames = max_frames
         self.fps = fps
+        self.pad_to_num_frames = pad_to_num_frames
+        self.apply_rotation = apply_rotation
 
     def __call__(
         self,
@@ -649,6 +864,7 @@ class HicomVideoProcessor(VideoProcessorMixin):
         start=None,
         end=None,
         max_frames=None,
+        pad_to_num_frames=None,
         return_tensors="pt",
         return_metadata=False,
     ) -> BatchFeature:
@@ -656,8 +872,9 @@ class HicomVideoProcessor(VideoProcessorMixin):
 
         Args:
             videos: a path, a binary file object, a `(T, H, W, C)` array/tensor, a list of frames, or a list of those.
-            num_frames / fps / start / end / max_frames: sampling, see `load_video`; `None` uses the configured
-                `num_frames` / `fps` / `max_frames`. Giving both `num_frames` and `fps` is an error.
+            num_frames / fps / start / end / max_frames / pad_to_num_frames: sampling, see `load_video`; `None` uses
+                the configured `num_frames` / `fps` / `max_frames` / `pad_to_num_frames`. Giving both `num_frames` and
+                `fps` is an error.
             return_tensors: `"pt"` (default) or `"np"`.
             return_metadata: also return `video_metadata`, one `HicomVideoMetadata` per video.
 
@@ -670,11 +887,14 @@ class HicomVideoProcessor(VideoProcessorMixin):
         if num_frames is None and fps is None:
             num_frames, fps = (None, self.fps) if self.fps is not None else (self.num_frames, None)
         max_frames = self.max_frames if max_frames is None else max_frames
+        pad_to_num_frames = self.pad_to_num_frames if pad_to_num_frames is None else pad_to_num_frames
         _check_sampling(num_frames, fps, start, end, max_frames)
+        _check_flag("pad_to_num_frames", pad_to_num_frames)
 
         pixels, counts, metadata = [], [], []
         for video in make_batched_videos(videos):
-            frames, meta = load_video(video, num_frames, fps, start, end, max_frames)
+            frames, meta = load_video(video, num_frames, fps, start, end, max_frames, pad_to_num_frames,
+                                      self.apply_rotation)
             values = self.preprocess_frames(frames)
             if meta.padded_frames:
                 values = torch.cat([values, self._padding_frame(meta.height, meta.width).expand(
@@ -735,4 +955,4 @@ def _expand_to_square(image: Image.Image, fill: tuple) -> Image.Image:
 HicomVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = ["HicomVideoMetadata", "HicomVideoProcessor", "frames_to_uint8", "load_video", "make_batched_videos",
-           "uniform_indices"]
+           "open_source", "uniform_indices"]

@@ -47,3 +47,36 @@ def build_tiny_processor(video_processor=None):
         num_frames=original["num_frames"],
         video_processor=video_processor,
     )
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """`(folder, base_url)`: files written to `folder` are served by a local HTTP server on 127.0.0.1 (the tests
+    never use the network)."""
+    import functools
+    import http.server
+    import threading
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def closed_local_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens: a download fails at once, as it does offline."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/clip.mp4"

@@ -1,6 +1,7 @@
 """`pipeline("video-text-to-text")`: remote code in a clean process, chat and text inputs, batching, streaming,
 `return_full_text`, and the example CLI."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,9 +11,11 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import TextIteratorStreamer, pipeline
+from transformers.utils import logging as hf_logging
 
 from conversion.convert_hicom_original_to_hf import convert
 from processing_hicom.pipeline_hicom import TASK, register_pipeline
@@ -166,18 +169,23 @@ CLEAN_PROCESS = textwrap.dedent(
 )
 
 
-def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
-    """A copy of the folder, our package not importable, the Hub offline: the folder alone must be enough."""
+def run_in_a_clean_process(script, model_dir, video, tmp_path, verbosity="error"):
+    """Run `script` on a copy of the folder, our package not importable, the Hub offline: the folder alone must be
+    enough. Returns the JSON report the script prints last, and its stderr."""
     folder = tmp_path / "hub-copy"
     shutil.copytree(model_dir, folder)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY=verbosity)
     result = subprocess.run(
-        [sys.executable, "-c", CLEAN_PROCESS, str(folder), bikes],
+        [sys.executable, "-c", script, str(folder), video],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
+    report, _ = run_in_a_clean_process(CLEAN_PROCESS, model_dir, bikes, tmp_path)
     assert report["pipeline_module"].startswith("transformers_modules")
     assert report["our_modules"] == []
     assert len(report["chat_tokens"]) == 3 and report["chat_tokens"] == report["generate_tokens"]
@@ -212,3 +220,132 @@ def test_in_process_registration_without_remote_code(model_dir, bikes):
     local = pipeline(TASK, model=model, processor=processor)
     assert isinstance(local, processing_hicom.VideoTextToTextPipeline)
     assert len(local(videos=bikes, text="What?", return_tensors=True, max_new_tokens=2)[0]["generated_token_ids"]) == 2
+
+
+MODEL_OBJECT_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+    folder, video = sys.argv[1], sys.argv[2]
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)  # e.g. quantized, device_map
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    pipe = pipeline("video-text-to-text", model=model, processor=processor)
+    out = pipe(videos=video, text="What moves?", max_new_tokens=3, do_sample=False, return_tensors=True)
+    print(json.dumps({"pipeline_module": type(pipe).__module__, "tokens": out[0]["generated_token_ids"].tolist()}))
+    """
+)
+
+
+def test_pipeline_from_a_model_object_in_a_clean_process(model_dir, bikes, tmp_path):
+    """README recipes load the model themselves (quantized, `device_map`) and pass the object: transformers reads
+    `custom_pipelines` only from a path, so loading the folder's processor must make the task known."""
+    report, stderr = run_in_a_clean_process(MODEL_OBJECT_PROCESS, model_dir, bikes, tmp_path, verbosity="warning")
+    assert report["pipeline_module"].startswith("transformers_modules")
+    assert len(report["tokens"]) == 3
+    assert "already registered" not in stderr
+
+
+def image_chat(image, question):
+    return [{"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": question}]}]
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_images_in_chat_and_arguments(pipe, image_path, bikes):
+    """`{"type": "image"}` blocks, OpenAI-style `image_url` blocks and `images=` give `generate()`'s answer."""
+    processor, model = pipe.processor, pipe.model
+    inputs = processor.apply_chat_template(
+        image_chat(image_path, "What is shown?"), tokenize=True, return_dict=True, add_generation_prompt=True
+    )
+    expected = model.generate(**inputs, **GREEDY, pad_token_id=processor.tokenizer.pad_token_id)
+    expected = expected[0, inputs["input_ids"].shape[1] :].tolist()
+    from_chat = pipe(text=image_chat(image_path, "What is shown?"), return_tensors=True, **GREEDY)
+    openai_style = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": Path(image_path).as_uri()}},
+                                                 {"type": "text", "text": "What is shown?"}]}]
+    from_openai_chat = pipe(text=openai_style, return_tensors=True, **GREEDY)
+    from_arguments = pipe(images=image_path, text="What is shown?", return_tensors=True, **GREEDY)
+    for out in (from_chat, from_openai_chat, from_arguments):
+        assert out[0]["generated_token_ids"].tolist() == expected
+    both = pipe(text=["What is shown?", "Is the picture in the clip?"], images=[image_path, image_path],
+                videos=[None, bikes], num_frames=4, batch_size=2, return_tensors=True, **GREEDY)
+    assert both[0][0]["generated_token_ids"].tolist() == expected
+    with pytest.raises(ValueError, match="inside the messages"):
+        pipe(text=image_chat(image_path, "What?"), images=image_path)
+    with pytest.raises(ValueError, match="one image .* per prompt"):
+        pipe(text=["a", "b"], images=[image_path])
+
+
+def test_pad_to_num_frames_reaches_the_processor(pipe):
+    short_clip = np.zeros((2, 16, 16, 3), np.uint8)
+    example = {"text": "What?", "videos": short_clip, "images": None}
+    assert pipe.preprocess(example, num_frames=8)["model_inputs"]["video_num_frames"].tolist() == [8]
+    own = pipe.preprocess(example, num_frames=8, pad_to_num_frames=False)["model_inputs"]
+    assert own["video_num_frames"].tolist() == [2]
+    out = pipe(videos=short_clip, text="What?", num_frames=8, pad_to_num_frames=False, return_tensors=True, **GREEDY)
+    assert len(out[0]["generated_token_ids"]) == GREEDY["max_new_tokens"]
+
+
+class RecordingBar:
+    """Stands in for a tqdm bar shown on a terminal: records its settings and updates."""
+
+    disable = None  # what tqdm keeps when `disable=None` finds a terminal
+
+    def __init__(self, kwargs):
+        self.kwargs, self.count, self.closed = kwargs, 0, False
+
+    def update(self, n=1):
+        self.count += n
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def tqdm_hook(hook):
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
+def test_progress_bars_for_decoding_and_generation(pipe, bikes):
+    bars = []
+    with tqdm_hook(lambda factory, args, kwargs: bars.append(RecordingBar(kwargs)) or bars[-1]):
+        out = pipe(videos=bikes, text="What?", num_frames=5, return_tensors=True, **GREEDY)
+    by_desc = {bar.kwargs["desc"].split()[0]: bar for bar in bars}
+    assert by_desc.keys() == {"Decoding", "Generating"} and all(bar.closed for bar in bars)
+    assert by_desc["Decoding"].kwargs["total"] == by_desc["Decoding"].count == 5
+    assert by_desc["Generating"].kwargs["total"] == GREEDY["max_new_tokens"]
+    assert by_desc["Generating"].count == len(out[0]["generated_token_ids"])
+    with tqdm_hook(lambda factory, args, kwargs: bars.append(RecordingBar(kwargs)) or bars[-1]):
+        bars.clear()
+        pipe(videos=bikes, text="What?", num_frames=5, num_beams=2, **GREEDY)  # generate() refuses streamers here
+    assert [bar.kwargs["desc"].split()[0] for bar in bars] == ["Decoding"]
+
+    # As transformers' bars: off when stderr is not a terminal (as under pytest), and off when disabled.
+    real, enabled = [], hf_logging.is_progress_bar_enabled()
+    try:
+        with tqdm_hook(lambda factory, args, kwargs: real.append(factory(*args, **kwargs)) or real[-1]):
+            hf_logging.enable_progress_bar()
+            pipe(videos=bikes, text="What?", num_frames=5, **GREEDY)
+            assert len(real) == 2 and all(bar.disable is True for bar in real)
+            hf_logging.disable_progress_bar()
+            real.clear()
+            pipe(videos=bikes, text="What?", num_frames=5, **GREEDY)
+            assert len(real) == 2 and all(isinstance(bar, hf_logging.EmptyTqdm) for bar in real)
+    finally:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()

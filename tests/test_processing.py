@@ -1,6 +1,7 @@
 """HicomProcessor: instruction extraction and tokens (fixture contract), placeholder expansion, batching, chat
 template, save/load and remote-code loading, errors."""
 
+import base64
 import importlib.util
 import json
 import logging
@@ -465,3 +466,51 @@ def test_construction_errors(processor):
         HicomProcessor(processor.tokenizer, processor.instruct_tokenizer, object())
     with pytest.raises(ValueError, match="temporal_kernel"):
         HicomProcessor(processor.tokenizer, processor.instruct_tokenizer, processor.video_processor, temporal_kernel=0)
+
+
+# --- what generic multimodal callers pass (lmms-eval's `huggingface` model, `apply_chat_template`) -----------------
+def test_empty_modalities_of_generic_callers_are_accepted(processor):
+    prompts = ["<video>\nWhat happens?"]
+    expected = processor(text=prompts, videos=[clip(4)], num_frames=4)
+    for extra in (dict(audios=[]), dict(audio=None), dict(audio=[], audios=None), dict(images=[]), dict(images=None)):
+        got = processor(text=prompts, videos=[clip(4)], num_frames=4, padding=True, padding_side="left",
+                        return_tensors="pt", **extra)
+        assert got.keys() == expected.keys(), extra
+        assert all(torch.equal(got[key], expected[key]) for key in expected), extra
+    only_images = processor(text="<image>\nWhat?", images=[clip(1)[0]], videos=[], audios=[])
+    assert "pixel_values" in only_images and "pixel_values_videos" not in only_images
+    for name in ("audio", "audios"):
+        with pytest.raises(ValueError, match=f"no audio input: `{name}` must be None or empty"):
+            processor(text=prompts, videos=[clip(4)], **{name: [np.zeros(1600, np.float32)]})
+
+
+def test_pad_to_num_frames_reaches_the_video_processor(processor):
+    own = processor(text="<video>\nWhat happens?", videos=clip(3), num_frames=8, pad_to_num_frames=False)
+    assert own["video_num_frames"].tolist() == [3]
+    assert video_count(own, processor) == processor.num_video_tokens(3)
+    messages = [{"role": "user", "content": [{"type": "video", "video": clip(3)}, {"type": "text", "text": "What?"}]}]
+    chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, num_frames=8,
+                                         pad_to_num_frames=False)
+    assert chat["video_num_frames"].tolist() == [3]
+
+
+def test_image_sources(processor, http_folder):
+    from conftest import closed_local_url
+    from PIL import Image
+
+    folder, base_url = http_folder
+    path = folder / "image.png"
+    Image.fromarray(clip(1, 30, 20)[0]).save(path)
+    expected = processor(text="<image>\nWhat?", images=str(path))["pixel_values"]
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    for source in (path.as_uri(), f"data:image/png;base64,{encoded}", f"{base_url}/image.png", encoded):
+        assert torch.equal(processor(text="<image>\nWhat?", images=source)["pixel_values"], expected), source[:30]
+    with pytest.raises(ConnectionError, match="could not download"):
+        processor(text="<image>\nWhat?", images=closed_local_url())
+    with pytest.raises(ValueError, match="could not read .* as an image") as caught:
+        processor(text="<image>\nWhat?", images="data:image/png;base64," + "A" * 2_000_000)
+    assert len(str(caught.value)) < 600
+    messages = [{"role": "user", "content": [{"type": "image", "url": f"{base_url}/image.png"},
+                                             {"type": "text", "text": "What?"}]}]
+    chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    assert torch.equal(chat["pixel_values"], expected)

@@ -45,6 +45,7 @@ from safetensors.torch import load_file
 from test_video_processing import (  # noqa: F401  (module fixture: zero-byte, truncated, directory, audio...)
     BAD_FILE_ERRORS,
     bad_files,
+    write_clip,
 )
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, pipeline
 
@@ -766,3 +767,26 @@ def test_fuzz_processor_video_files(processor, tmp_path_factory, frames, size, p
     assert out["pixel_values_videos"].shape[0] == num_frames and torch.isfinite(out["pixel_values_videos"]).all()
     assert out["video_num_frames"].tolist() == [num_frames]
     assert video_placeholders(out, processor) == processor.num_video_tokens(num_frames)
+
+
+# --- damaged files: decoded around the damage, as players do ------------------------------------------------------
+def test_clip_with_a_corrupted_middle_is_decoded_around_it(processor, tmp_path, caplog):
+    intact = write_clip(tmp_path / "intact.mp4", num_frames=120, gop=30)
+    data = bytearray(intact.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(av.InvalidDataError):  # a plain decode stops at the damage
+        decode_all(damaged)
+
+    with caplog.at_level(logging.WARNING):
+        frames, meta = load_video(damaged, num_frames=16)
+    warnings = [record.getMessage() for record in caplog.records if "is damaged" in record.getMessage()]
+    assert len(warnings) == 1 and re.search(r"skipped \d+ damaged packet\(s\) at [\d.]+", warnings[0])
+    assert frames.shape[0] == 16 and 60 < meta.total_num_frames < 120
+    reference = decode_all(intact)
+    before_damage = [i for i in meta.indices if i < 40]
+    assert before_damage and all(np.array_equal(frames[k], reference[i]) for k, i in enumerate(before_damage))
+    out = processor(text="<video>\nWhat happens?", videos=str(damaged), num_frames=16)
+    assert out["video_num_frames"].tolist() == [16] and torch.isfinite(out["pixel_values_videos"]).all()

