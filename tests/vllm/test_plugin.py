@@ -165,3 +165,11 @@ def test_same_request_reuses_the_encoder(llm, hf_processor, clip):
         assert len(calls) == 2  # another question on the same video: encoded again
     finally:
         llm.apply_model(lambda model: model.__dict__.pop("embed_multimodal", None))
+
+
+def test_frames_from_another_video_loader_are_refused(mm_processor, hf_processor, clip):
+    request = vllm_prompt(hf_processor, clip, QUESTIONS[0], 4)
+    frames, metadata = request["multi_modal_data"]["video"]
+    request["multi_modal_data"]["video"] = (frames, {**metadata, "video_backend": "opencv"})
+    with pytest.raises(ValueError, match="hicom"):
+        process(mm_processor, request)
