@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed in this venv (the vLLM tests run in .ci/vllm.sh's venv)")
+# A submodule: in a venv without vLLM, `import vllm` would find this test folder (a namespace package) instead.
+pytest.importorskip("vllm.multimodal", reason="vLLM is not installed in this venv (the vLLM tests run in .ci/vllm.sh's venv)")
 
 import torch  # noqa: E402
 from vllm import SamplingParams  # noqa: E402

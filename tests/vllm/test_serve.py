@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed in this venv (the vLLM tests run in .ci/vllm.sh's venv)")
+# A submodule: in a venv without vLLM, `import vllm` would find this test folder (a namespace package) instead.
+pytest.importorskip("vllm.multimodal", reason="vLLM is not installed in this venv (the vLLM tests run in .ci/vllm.sh's venv)")
 openai = pytest.importorskip("openai")
 
 STARTUP_SECONDS = 300
