@@ -38,9 +38,10 @@ def _as_example(item) -> dict:
         return {"chat": list(item)}
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         return {"text": item["text"], "videos": item.get("videos")}
+    got = f"a dict with keys {sorted(item)}" if isinstance(item, dict) else type(item).__name__
     raise TypeError(
         f"Each input of the {TASK} pipeline must be a chat (list of messages) or a dict with a string `text` and "
-        f"optional `videos`; got {type(item).__name__}{' with keys ' + str(sorted(item)) if isinstance(item, dict) else ''}."
+        f"optional `videos`; got {got}."
     )
 
 
@@ -191,7 +192,8 @@ class VideoTextToTextPipeline(Pipeline):
         for batch in loader:
             answers = iter(())
             if batch["input_text"]:
-                answers = iter(self.postprocess(self.forward(batch, **forward_params), batched=True, **postprocess_params))
+                outputs = self.forward(batch, **forward_params)
+                answers = iter(self.postprocess(outputs, batched=True, **postprocess_params))
             for failure in batch["failures"]:
                 if failure is not None:
                     logger.warning(f"{TASK}: input {position} was skipped: {failure[0]['error']}")

@@ -47,7 +47,8 @@ def test_overlapped_equals_sequential(pipe, mixed_inputs):  # noqa: F811
     broken = sequential[3][0]
     assert "generated_token_ids" not in broken
     assert broken["error"].startswith("ValueError: `videos`:") and "broken.mp4" in broken["error"]
-    assert all("error" not in r[0] and len(r[0]["generated_token_ids"]) == 4 for i, r in enumerate(sequential) if i != 3)
+    answered = [r[0] for i, r in enumerate(sequential) if i != 3]
+    assert all("error" not in r and len(r["generated_token_ids"]) == 4 for r in answered)
     # One at a time, a good example gives the same tokens as in the run.
     single = pipe(text=mixed_inputs[2]["text"], videos=mixed_inputs[2]["videos"], **options)
     assert single[0]["generated_token_ids"].tolist() == tokens(sequential)[2]
@@ -83,7 +84,8 @@ def test_prepared_videos_are_bounded_by_the_queue(pipe, tmp_path):  # noqa: F811
     """200 generated videos: at every result, the inputs the workers have started on run at most the prefetch queue
     (2 batches per worker) plus the batch being answered ahead of the results given; never the whole input."""
     rng = np.random.default_rng(1)
-    paths = [write_video(tmp_path / f"{i}.mp4", rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)) for i in range(200)]
+    frames = rng.integers(0, 256, (200, 2, 32, 32, 3), dtype=np.uint8)
+    paths = [write_video(tmp_path / f"{i}.mp4", clip) for i, clip in enumerate(frames)]
     started = multiprocessing.Value("i", 0)  # shared with the forked DataLoader workers
 
     class CountingClips(Dataset):
@@ -108,7 +110,7 @@ def test_prepared_videos_are_bounded_by_the_queue(pipe, tmp_path):  # noqa: F811
 
 def test_bad_input_items_are_refused(pipe):  # noqa: F811
     """A malformed item is a mistake in the inputs, not an unreadable video: it raises, naming what was expected."""
-    with pytest.raises(TypeError, match="must be a chat .* or a dict with a string `text`.*keys \\['question', 'videos'\\]"):
+    with pytest.raises(TypeError, match="a dict with a string `text`.*got a dict with keys \\['question', 'videos'\\]"):
         pipe([{"question": "What?", "videos": "x.mp4"}])
     with pytest.raises(ValueError, match="not in `videos=`"):
         pipe([{"text": "What?"}], videos=["x.mp4"])
