@@ -57,7 +57,7 @@ def model_specs(quick: bool) -> list[dict]:
     return [tiny, mid]
 
 
-def build_model(spec: dict):
+def build_model(spec: dict, video_token_id: int = VIDEO_TOKEN_ID, image_token_id: int = IMAGE_TOKEN_ID):
     from modeling_hicom import HicomConfig, HicomForConditionalGeneration
 
     config = HicomConfig(
@@ -66,8 +66,8 @@ def build_model(spec: dict):
         text_config=dict(spec["text"], bos_token_id=None, eos_token_id=2, pad_token_id=0),
         num_global_queries=spec["global_queries"],
         instruct_max_length=spec["instruct_max_length"],
-        video_token_id=VIDEO_TOKEN_ID,
-        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=video_token_id,
+        image_token_id=image_token_id,
     )
     torch.manual_seed(0)
     return HicomForConditionalGeneration(config).eval()

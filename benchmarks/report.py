@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
-ORDER = ("compressor", "prefill", "memory", "decode", "e2e")
+ORDER = ("compressor", "prefill", "memory", "decode", "e2e", "throughput")
 
 
 def _number(value) -> str:
@@ -36,6 +36,22 @@ def _e2e(result: dict) -> list[str]:
         first = run.get("generate_first_token_incl_decode")
         first = f"{first['median_s']:.3f} s" if isinstance(first, dict) else _number(first)
         rows.append(f"| {run['model']} | {run['frames']} | {run['visual_tokens']} | {stages} | {first} |")
+    return rows
+
+
+def _throughput(result: dict) -> list[str]:
+    workers = [mode for mode in result["runs"][0]["videos_per_s"] if mode.startswith("workers_")]
+    rows = ["| model | frames | prepare / video | model / video | limit | sequential | "
+            + " | ".join(mode.replace("_", " ") for mode in workers) + " | best / limit | best / sequential |",
+            "| --- | --- | --- | --- | --- | --- |" + " --- |" * (len(workers) + 2)]
+    for run in result["runs"]:
+        rates = run["videos_per_s"]
+        rows.append(
+            f"| {run['model']} | {run['frames']} | {run['seconds_per_video']['prepare_only']:.3f} s | "
+            f"{run['seconds_per_video']['model_only']:.3f} s | {run['limit_videos_per_s']:.2f}/s | "
+            f"{rates['sequential']:.2f}/s | " + " | ".join(f"{rates[mode]:.2f}/s" for mode in workers)
+            + f" | {run['best_of_limit']:.2f} | {run['best_over_sequential']:.2f} |"
+        )
     return rows
 
 
@@ -65,6 +81,8 @@ def section() -> str:
             lines += ["| target | value | limit | |", "| --- | --- | --- | --- |", *_targets(result)]
         if name == "e2e" and result.get("runs"):
             lines += _e2e(result)
+        if name == "throughput" and result.get("runs"):
+            lines += ["", *_throughput(result)]
     return "\n".join(lines)
 
 

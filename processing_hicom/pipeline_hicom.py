@@ -1,17 +1,22 @@
 """`pipeline("video-text-to-text")`: transformers 5.x has no such task, so HICom ships one.
 
 It mirrors `image-text-to-text`: chat messages with `{"type": "video", "path": ...}` (and `"image"`) blocks, or
-`videos=` / `images=` + `text=`; output `[{"input_text": ..., "generated_text": ...}]`. A list of inputs is processed
-`batch_size` examples per `generate()` call, left-padded, so that batching changes speed and not answers. Long decodes
-and generations show progress bars on a terminal (`progress_bar`).
+`videos=` / `images=` + `text=`; output `[{"input_text": ..., "generated_text": ...}]`. A list, a torch `Dataset` or a
+generator of inputs is processed `batch_size` examples per `generate()` call, left-padded, so that batching changes
+speed and not answers; with `num_workers`, torch `DataLoader` workers prepare the next videos while the model runs
+(docs/throughput.md). Long decodes and generations show progress bars on a terminal (`progress_bar`).
 """
 
 import enum
-from itertools import islice
+import os
+from collections.abc import Iterable, Sized
 
-from transformers import AutoModelForImageTextToText, GenerationConfig, Pipeline
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from transformers import AutoModelForImageTextToText, BatchFeature, GenerationConfig, Pipeline
 from transformers.generation import BaseStreamer
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
 from .video_processing_hicom import progress_bar
@@ -33,6 +38,30 @@ _BLOCK_KEYS = {"video": ("video", "url", "path"), "image": ("image", "url", "pat
 
 def _is_chat(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def _as_example(item) -> dict:
+    """One item of a list, dataset or generator of inputs: a chat, or a `{"text": ..., "videos": ..., "images": ...}`
+    dict."""
+    if _is_chat(item):
+        return {"chat": list(item)}
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return {"text": item["text"], "videos": item.get("videos"), "images": item.get("images")}
+    got = f"a dict with keys {sorted(item)}" if isinstance(item, dict) else type(item).__name__
+    raise TypeError(
+        f"Each input of the {TASK} pipeline must be a chat (list of messages) or a dict with a string `text` and "
+        f"optional `videos` / `images`; got {got}."
+    )
+
+
+def _input_text(example: dict):
+    """What the results echo as `input_text`: the chat, or the prompt string."""
+    return example.get("chat", example.get("text"))
+
+
+# What makes one example's inputs unusable: the processor reports unreadable or malformed videos and prompts with these
+# (FileNotFoundError is an OSError). Anything else is a fault of the run, not of one example, and is raised.
+_INPUT_ERRORS = (ValueError, TypeError, OSError)
 
 
 class VideoTextToTextPipeline(Pipeline):
@@ -103,7 +132,9 @@ class VideoTextToTextPipeline(Pipeline):
         Args:
             text: a prompt string (with or without `<video>`/`<image>` tags: one is prepended per video/image when
                 missing), a chat (list of `{"role", "content"}` messages whose content holds `{"type": "video",
-                "path": ...}` / `{"type": "image", "path": ...}` blocks), or a list of prompts / chats.
+                "path": ...}` / `{"type": "image", "path": ...}` blocks), a list of prompts / chats, or a list, torch
+                `Dataset` (e.g. `KeyDataset`) or generator of chats / `{"text": prompt, "videos": ..., "images": ...}`
+                dicts.
             videos: with string prompts, one video per prompt (path, URL, file object or `(T, H, W, 3)` uint8 array),
                 or a list of videos per prompt.
             images: likewise, one image per prompt (path, URL, PIL image or `(H, W, 3)` array) or a list per prompt.
@@ -111,20 +142,18 @@ class VideoTextToTextPipeline(Pipeline):
             max_new_tokens, generate_kwargs: passed to `generate()`.
             return_full_text: `False` returns only the answer; default `True` (prompt + answer), like
                 `image-text-to-text`.
-            batch_size: examples per `generate()` call when a list is given.
+            batch_size: examples per `generate()` call when several are given.
+            num_workers: `DataLoader` worker processes that decode and preprocess the next examples while the model
+                runs (default 0: on the calling thread). At most `2 * num_workers` batches are prepared ahead. A
+                generator is read by one worker (more would each replay it); a list or `Dataset` uses them all.
         Returns:
-            For one example, a list `[{"input_text", "generated_text"}]`; for a list, one such list per example.
+            For one example, a list `[{"input_text", "generated_text"}]`; for a list, one such list per example, in
+            order; for a `Dataset` or generator, an iterator over them. With several examples, one whose video or
+            prompt cannot be prepared gives `[{"input_text", "error"}]` (the processor's message) in its place and
+            the others still run; a single example raises instead.
         """
         if text is None:
             raise ValueError(f"The {TASK} pipeline needs `text`: a prompt or chat messages.")
-        is_chat_list = isinstance(text, (list, tuple)) and bool(text) and all(_is_chat(chat) for chat in text)
-        if _is_chat(text) or is_chat_list:
-            if videos is not None or images is not None:
-                raise ValueError("With chat messages, put the videos and images inside the messages, not in "
-                                 "`videos=` / `images=`.")
-            if _is_chat(text):
-                return super().__call__({"chat": list(text)}, **kwargs)
-            return super().__call__([{"chat": list(chat)} for chat in text], **kwargs)
         if isinstance(text, str):
             return super().__call__({"text": text, "videos": videos, "images": images}, **kwargs)
         if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
@@ -142,14 +171,91 @@ class VideoTextToTextPipeline(Pipeline):
                                                                            per_prompt["images"])],
                 **kwargs,
             )
-        raise TypeError(f"`text` must be a string, a chat, or a list of them; got {type(text).__name__}.")
+        if videos is not None or images is not None:
+            raise ValueError(
+                "With chat messages, or a list, dataset or generator of inputs, put the videos and images inside the "
+                "messages (or each input), not in `videos=` / `images=`."
+            )
+        if _is_chat(text):
+            return super().__call__({"chat": list(text)}, **kwargs)
+        if isinstance(text, (list, tuple)):
+            return super().__call__([_as_example(item) for item in text], **kwargs)
+        if isinstance(text, Dataset) and not isinstance(text, IterableDataset):
+            # Mapped lazily, item by item (in the workers): a large dataset is never materialized.
+            return super().__call__(PipelineDataset(text, _as_example, {}), **kwargs)
+        if isinstance(text, Iterable) and not isinstance(text, dict):
+            return super().__call__((_as_example(item) for item in text), **kwargs)
+        raise TypeError(
+            f"`text` must be a string, a chat, or a list, dataset or generator of them; got {type(text).__name__}."
+        )
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        """Run `batch_size` examples per preprocess/generate call (transformers' collate cannot stack videos)."""
-        iterator = iter(inputs)
-        while batch := list(islice(iterator, batch_size)):
-            outputs = self.forward(self.preprocess(batch, **preprocess_params), **forward_params)
-            yield from self.postprocess(outputs, batched=True, **postprocess_params)
+        """Prepare examples in `DataLoader` workers, run the model on `batch_size` of them at a time, in input order.
+
+        `Pipeline.get_iterator` is replaced (not extended) for two reasons: its collate function pads with the
+        tokenizer's side and would concatenate frames of different videos as if they were images, and it raises on
+        the first example that cannot be prepared. The structure is the same: a `PipelineDataset` (sized inputs) or
+        `PipelineIterator` (generators, one worker) feeding a `DataLoader`, whose bounded prefetch limits how many
+        prepared videos are held, whatever the number of inputs.
+        """
+        if isinstance(inputs, Sized):
+            examples = PipelineDataset(inputs, self._prepare_example, preprocess_params)
+        else:
+            if num_workers > 1:
+                logger.warning(
+                    f"A generator is read by one worker process (each of {num_workers} would replay it): using "
+                    "`num_workers=1`. Pass a list or a torch `Dataset` to prepare inputs in several workers."
+                )
+                num_workers = 1
+            examples = PipelineIterator(inputs, self._prepare_example, preprocess_params)
+        if num_workers > 0:
+            # The Rust tokenizers' thread pool does not survive `fork`; transformers' own iterator sets this too.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        loader = DataLoader(examples, batch_size=batch_size, num_workers=num_workers, collate_fn=self._collate)
+        position = 0
+        for batch in loader:
+            answers = iter(())
+            if batch["input_text"]:
+                outputs = self.forward(batch, **forward_params)
+                answers = iter(self.postprocess(outputs, batched=True, **postprocess_params))
+            for failure in batch["failures"]:
+                if failure is not None:
+                    logger.warning(f"{TASK}: input {position} was skipped: {failure[0]['error']}")
+                yield failure if failure is not None else next(answers)
+                position += 1
+
+    def _prepare_example(self, example, **preprocess_params):
+        """`preprocess` for one example, or its error result: one unreadable video must not end a run over many."""
+        try:
+            return self.preprocess(example, **preprocess_params)
+        except _INPUT_ERRORS as error:
+            # A string, not the exception: it crosses from the worker process, and chained causes do not pickle.
+            return {"failure": [{"input_text": _input_text(example), "error": f"{type(error).__name__}: {error}"}]}
+
+    def _collate(self, prepared: list[dict]) -> dict:
+        """Merge prepared examples into one batch equal to the processor's output for their prompts together.
+
+        Runs in the worker, so the main process only moves tensors to the model. Prompts are left-padded (batched
+        generation); the other tensors are per video or per instruction and are concatenated in example order,
+        as the processor orders them. `failures` has one entry per example: its error result, or `None`.
+        """
+        ready = [item for item in prepared if "failure" not in item]
+        batch = {"failures": [item.get("failure") for item in prepared], "input_text": []}
+        if not ready:
+            return batch
+        inputs = [item["model_inputs"] for item in ready]
+        text_keys = ("input_ids", "attention_mask")
+        merged = self.processor.tokenizer.pad(
+            {key: [row for item in inputs for row in item[key].tolist()] for key in text_keys},
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        for key in dict.fromkeys(key for item in inputs for key in item if key not in text_keys):
+            merged[key] = torch.cat([item[key] for item in inputs if key in item])
+        batch["model_inputs"] = BatchFeature(dict(merged))
+        batch["input_text"] = [text for item in ready for text in item["input_text"]]
+        return batch
 
     def preprocess(self, inputs, **processor_kwargs):
         examples = inputs if isinstance(inputs, list) else [inputs]
@@ -167,12 +273,13 @@ class VideoTextToTextPipeline(Pipeline):
             text=prompts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
             **processor_kwargs,
         )
-        model_inputs = model_inputs.to(self.device)
+        # No `.to(self.device)`: this may run in a DataLoader worker, which must not touch the GPU; `Pipeline.forward`
+        # moves the inputs.
         if self.dtype is not None:
             for key in ("pixel_values_videos", "pixel_values"):
                 if key in model_inputs:
                     model_inputs[key] = model_inputs[key].to(self.dtype)
-        return {"model_inputs": model_inputs, "input_text": [e.get("chat", e.get("text")) for e in examples]}
+        return {"model_inputs": model_inputs, "input_text": [_input_text(example) for example in examples]}
 
     def _render_chat(self, messages):
         """The prompt and the chat's videos and images, in order, named by the same block keys transformers'
