@@ -86,7 +86,8 @@ def test_model_args_win_over_command_line_defaults(model_dir):
 def test_a_bad_request_is_left_unanswered_and_the_others_are_answered(model_dir, log_lines):
     """A missing video and an image block fail their own requests only, with an error naming the cause."""
     lm = Hicom(pretrained=str(model_dir), num_frames=4, dtype="float32", batch_size=2)
-    lm.task_dict = {"t": {"test": [{"video": CLIP}, {"video": "/nonexistent/clip.mp4"}, {"image": CLIP}, {"video": CLIP}]}}
+    task_docs = [{"video": CLIP}, {"video": "/nonexistent/clip.mp4"}, {"image": CLIP}, {"video": CLIP}]
+    lm.task_dict = {"t": {"test": task_docs}}
 
     def doc_to_messages(doc):
         media = {"type": "video", "url": doc["video"]} if "video" in doc else {"type": "image", "url": doc["image"]}

@@ -46,8 +46,7 @@ def test_scoring_reads_the_option_letter():
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     doc = docs()[1]  # blue square: C
-    assert [utils.process_results(doc, [answer])["accuracy"] for answer in ("C", "(C) blue", "C.", "A", "", "blue")] == [
-        1.0, 1.0, 1.0, 0.0, 0.0, 0.0
-    ]
+    answers = ("C", "(C) blue", "C.", "A", "", "blue")
+    assert [utils.process_results(doc, [answer])["accuracy"] for answer in answers] == [1, 1, 1, 0, 0, 0]
     assert utils.doc_to_visual(doc) == [str(TASK_DIR / "clips" / "blue_square.mp4")]
     assert "\nC. blue\n" in utils.doc_to_text(doc)
