@@ -434,7 +434,10 @@ class HicomModel(HicomPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if input_ids is not None:
+        # Placeholders are checked on the prefill step only: a decoding step feeds back sampled tokens, and a sampled
+        # placeholder id is just a token there (the visual inputs were consumed on prefill).
+        prefill = cache is None or cache.get_seq_length() == 0
+        if input_ids is not None and prefill:
             for values, token_id, name in (
                 (pixel_values_videos, self.config.video_token_id, "pixel_values_videos"),
                 (pixel_values, self.config.image_token_id, "pixel_values"),
