@@ -6,6 +6,7 @@ video placeholder tokens in the language model's input. See DESIGN.md for the ex
 """
 
 import contextlib
+import logging as std_logging
 import os
 from dataclasses import dataclass
 
@@ -23,6 +24,26 @@ from .configuration_hicom import HicomConfig
 from .remote_code import save_remote_code
 
 logger = logging.get_logger(__name__)
+
+
+class _EachMessageOnce(std_logging.Filter):
+    """Lets each distinct log message through once per process."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        key = (record.msg, record.args)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+# bitsandbytes' 8-bit matmul logs at every call of every 8-bit layer that it casts its inputs to float16 (the
+# language model runs in float32 or bfloat16): hundreds of identical lines for a short answer. Once says it all.
+std_logging.getLogger("bitsandbytes.autograd._functions").addFilter(_EachMessageOnce())
 
 # Inputs that describe the visual content: consumed on the prefill step only.
 _PREFILL_ONLY_INPUTS = (
