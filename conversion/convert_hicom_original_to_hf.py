@@ -1,4 +1,4 @@
-"""Convert an original HICom release (github lntzm/HICom, transformers 4.46) into a transformers remote-code folder.
+r"""Convert an original HICom release (github lntzm/HICom, transformers 4.46) into a transformers remote-code folder.
 
     hicom-convert --input HICom_7B_qwen25_directg_local43_global32 \
         --vision-tower siglip-so400m-patch14-384 --output hicom-7b-hf
@@ -13,12 +13,13 @@ import argparse
 import json
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, Qwen2Config, SiglipTextConfig, SiglipVisionConfig
+from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, SiglipVisionConfig
 from transformers.utils import logging
 
 from modeling_hicom import HicomConfig, HicomForConditionalGeneration
@@ -101,7 +102,23 @@ VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
 
 
 class ConversionError(ValueError):
-    """The checkpoint cannot be converted faithfully; the message says why."""
+    """The inputs cannot be converted (faithfully); the message says why and, where it can, what to do."""
+
+
+def read_config(folder: Path, argument: str) -> dict:
+    """`folder/config.json` as a dict, or a `ConversionError` naming `argument` and what is wrong with it."""
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise ConversionError(f"{argument} {str(folder)!r}: no such folder.")
+    if not path.is_file():
+        raise ConversionError(f"{argument} {str(folder)!r} has no config.json.")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:  # malformed JSON, or not text at all
+        raise ConversionError(f"{path} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path} must hold a JSON object, got {type(config).__name__}.")
+    return config
 
 
 def rename_key(key: str) -> str | None:
@@ -262,7 +279,8 @@ def build_config(original: dict, siglip: dict, video_token_id: int, image_token_
             raise ConversionError(f"Placeholder token id {token_id} does not fit the vocabulary ({text['vocab_size']}).")
     return HicomConfig(
         vision_config=SiglipVisionConfig(**{k: v for k, v in siglip["vision_config"].items() if k != "model_type"}),
-        instruct_config=SiglipTextConfig(**{k: v for k, v in instruct.items() if k != "model_type"}),
+        # A dict, so that HicomConfig builds its own instruction-config class (valid default ids).
+        instruct_config={k: v for k, v in instruct.items() if k != "model_type"},
         text_config=Qwen2Config(**text),
         vision_feature_layer=original.get("mm_vision_select_layer", -2),
         newline_position="none",
@@ -331,9 +349,22 @@ def convert_state_dict(tensors, expected: dict, dtype: torch.dtype | None, total
     return state_dict
 
 
-def load_tokenizer(input_dir: Path):
+def check_tokenizer_files(folder: Path, argument: str) -> None:
+    """Refuse a folder without a Qwen2 tokenizer: from such a folder `AutoTokenizer` quietly builds a tokenizer of a
+    few special tokens that reads every prompt as nothing, and the converted model would be useless."""
+    missing = [] if (folder / "tokenizer_config.json").is_file() else ["tokenizer_config.json"]
+    if not (folder / "tokenizer.json").is_file() and not all((folder / n).is_file() for n in ("vocab.json", "merges.txt")):
+        missing.append("tokenizer.json (or vocab.json and merges.txt)")
+    if missing:
+        raise ConversionError(
+            f"{argument} {str(folder)!r} lacks the language model's tokenizer files: {', '.join(missing)}. Copy them "
+            "there, or pass --tokenizer with a folder that has them (the base LLM's, e.g. Qwen2.5-7B-Instruct)."
+        )
+
+
+def load_tokenizer(folder: Path):
     """The LLM tokenizer; a Qwen2 config is passed so the original `config.json` (model_type hicom_qwen2) is not read."""
-    return AutoTokenizer.from_pretrained(input_dir, config=Qwen2Config())
+    return AutoTokenizer.from_pretrained(folder, config=Qwen2Config())
 
 
 def build_processor(tokenizer, vision_tower: Path, config: HicomConfig, original: dict):
@@ -466,54 +497,132 @@ def verify_reference(output: Path, reference: Path, atol: float = 1e-4) -> float
     return error
 
 
-def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to_hub=None, max_shard_size="5GB"):
-    input_dir, vision_tower, output = Path(input_dir), Path(vision_tower), Path(output)
-    original = json.loads((input_dir / "config.json").read_text())
-    siglip = json.loads((vision_tower / "config.json").read_text())
-    tokenizer = load_tokenizer(input_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, IMAGE_TOKEN]})
+def build_generation_config(input_dir: Path, config: HicomConfig) -> GenerationConfig:
+    """The release's generation settings, with the `<video>`/`<image>` placeholders suppressed: a trained model never
+    needs to emit them, and one sampled from a weak or random model would read as a placeholder of a missing input."""
+    try:
+        generation = (
+            GenerationConfig.from_pretrained(input_dir)
+            if (input_dir / "generation_config.json").is_file()
+            else GenerationConfig.from_model_config(config.get_text_config())
+        )
+    except OSError as error:  # transformers reports a malformed generation_config.json as an OSError
+        raise ConversionError(f"{input_dir / 'generation_config.json'} cannot be read: {error}") from error
+    generation.suppress_tokens = sorted(
+        set(generation.suppress_tokens or ()) | {config.video_token_id, config.image_token_id}
+    )
+    return generation
+
+
+def check_output(output: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that would mix with or destroy other files."""
+    if output.exists() and not output.is_dir():
+        raise ConversionError(f"--output {str(output)!r} is a file, not a folder.")
+    for folder in inputs:
+        if output.resolve() == folder.resolve() or output.resolve() in folder.resolve().parents:
+            raise ConversionError(f"--output {str(output)!r} would replace the input folder {str(folder)!r}.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ConversionError(
+            f"--output {str(output)!r} is not empty: pass --overwrite to replace it, or choose another folder."
+        )
+
+
+def move_into_place(staging: Path, output: Path) -> None:
+    """Replace `output` with the finished `staging` folder (renames within one parent folder). Nothing of an earlier
+    conversion survives, such as a shard index that points at shards which no longer exist."""
+    if output.exists():
+        previous = staging.with_name(staging.name + ".previous")
+        output.rename(previous)
+        staging.rename(output)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(output)
+
+
+def write_converted(staging: Path, input_dir: Path, vision_tower: Path, original: dict, siglip: dict, tokenizer, dtype,
+                    max_shard_size):
+    """Convert the weights and write the whole folder (model, generation config, processor, model card) to `staging`."""
     config = build_config(
         original, siglip, tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     )
-    torch_dtype = getattr(torch, dtype) if dtype else None
     with torch.device("meta"):
         model = HicomForConditionalGeneration(config)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     state_dict = convert_state_dict(
-        iter_checkpoint(input_dir), expected, torch_dtype, total=count_tensors(input_dir)
+        iter_checkpoint(input_dir), expected, getattr(torch, dtype) if dtype else None, total=count_tensors(input_dir)
     )
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.config.dtype = next(iter(state_dict.values())).dtype
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, max_shard_size=max_shard_size)
+    model.generation_config = build_generation_config(input_dir, config)
+    model.save_pretrained(staging, max_shard_size=max_shard_size)
     processor = build_processor(tokenizer, vision_tower, config, original)
-    processor.save_pretrained(output)
-    write_model_card(output, config, processor, original, input_dir, vision_tower, model.config.dtype)
-    if (input_dir / "generation_config.json").exists():
-        shutil.copy(input_dir / "generation_config.json", output / "generation_config.json")
+    processor.save_pretrained(staging)
+    write_model_card(staging, config, processor, original, input_dir, vision_tower, model.config.dtype)
+
+
+def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to_hub=None, max_shard_size="5GB",
+            tokenizer=None, overwrite=False):
+    """Convert `input_dir` (+ the SigLIP folder `vision_tower`) into `output`, which is written only once complete.
+
+    The folder is built in a temporary sibling of `output` and renamed into place: a failed conversion leaves nothing
+    behind, and a replaced `output` keeps no file of an earlier conversion. `tokenizer` is a folder with the language
+    model's tokenizer files, when `input_dir` lacks them.
+    """
+    input_dir, vision_tower, output = Path(input_dir), Path(vision_tower), Path(output)
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else input_dir
+    check_output(output, overwrite, [input_dir, vision_tower, tokenizer_dir])
+    original = read_config(input_dir, "--input")
+    siglip = read_config(vision_tower, "--vision-tower")
+    if tokenizer is not None and not tokenizer_dir.is_dir():
+        raise ConversionError(f"--tokenizer {str(tokenizer_dir)!r}: no such folder.")
+    if reference is not None and not Path(reference).is_file():
+        raise ConversionError(f"--reference {str(reference)!r}: no such file.")
+    check_tokenizer_files(tokenizer_dir, "--tokenizer" if tokenizer is not None else "--input")
+    llm_tokenizer = load_tokenizer(tokenizer_dir)
+    llm_tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, IMAGE_TOKEN]})
+
+    staging = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    try:
+        write_converted(staging, input_dir, vision_tower, original, siglip, llm_tokenizer, dtype, max_shard_size)
+        if reference is not None:
+            error = verify_reference(staging, Path(reference))
+            logger.warning(f"Reference logits reproduced: max abs error {error:.2e}")
+        move_into_place(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.warning(f"Wrote {output}")
-    if reference is not None:
-        error = verify_reference(output, Path(reference))
-        logger.warning(f"Reference logits reproduced: max abs error {error:.2e}")
     if push_to_hub:
         from huggingface_hub import upload_folder
 
-        upload_folder(repo_id=push_to_hub, folder_path=str(output), repo_type="model")
+        try:
+            upload_folder(repo_id=push_to_hub, folder_path=str(output), repo_type="model")
+        except OSError as error:  # huggingface_hub's HTTP and connection errors
+            raise ConversionError(f"Wrote {output}, but the upload to {push_to_hub} failed: {error}") from error
     return output
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hicom-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input", required=True, help="original HICom checkpoint folder")
     parser.add_argument("--vision-tower", required=True, help="SigLIP folder (config, tokenizer, preprocessor config)")
     parser.add_argument("--output", required=True, help="folder to write the converted model to")
+    parser.add_argument(
+        "--tokenizer", help="folder with the language model's tokenizer files, when --input lacks them"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: keep the checkpoint's")
     parser.add_argument("--reference", help="reference_io.safetensors to verify the converted logits against")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository")
     parser.add_argument("--max-shard-size", default="5GB")
     args = parser.parse_args(argv)
     try:
-        convert(args.input, args.vision_tower, args.output, args.dtype, args.reference, args.push_to_hub, args.max_shard_size)
+        convert(
+            args.input, args.vision_tower, args.output, args.dtype, args.reference, args.push_to_hub,
+            args.max_shard_size, tokenizer=args.tokenizer, overwrite=args.overwrite,
+        )
     except ConversionError as error:
         parser.exit(2, f"hicom-convert: error: {error}\n")
 

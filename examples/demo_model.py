@@ -17,11 +17,12 @@ from safetensors.torch import save_file
 from conversion.convert_hicom_original_to_hf import convert
 
 ASSETS = Path(__file__).resolve().parent / "demo_assets"
-CACHE_VERSION = "v1"
+# Bumped when the converted folder changes (v2: generation config that suppresses the placeholder ids).
+CACHE_VERSION = "v2"
 
 
 def cache_dir() -> Path:
-    """`$HICOM_DEMO_CACHE`, else `~/.cache/hicom-transformers/demo-v1`."""
+    """`$HICOM_DEMO_CACHE`, else `~/.cache/hicom-transformers/demo-<CACHE_VERSION>`."""
     default = Path.home() / ".cache" / "hicom-transformers" / f"demo-{CACHE_VERSION}"
     return Path(os.environ.get("HICOM_DEMO_CACHE", default))
 
@@ -49,12 +50,8 @@ def demo_model_dir() -> Path:
     root = cache_dir()
     converted = root / "hicom-tiny-demo"
     if not (converted / "config.json").exists():
-        original = write_original_checkpoint(root / "original")
-        partial = root / "hicom-tiny-demo.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        convert(original, ASSETS / "siglip", partial)
-        shutil.rmtree(converted, ignore_errors=True)
-        partial.rename(converted)
+        # `convert` writes the folder whole or not at all; `overwrite` replaces what an older build may have left.
+        convert(write_original_checkpoint(root / "original"), ASSETS / "siglip", converted, overwrite=True)
     return converted
 
 

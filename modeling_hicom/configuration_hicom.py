@@ -48,6 +48,18 @@ RELEASED_SUB_CONFIGS = {
 
 
 @strict
+class HicomInstructConfig(SiglipTextConfig):
+    r"""
+    [`SiglipTextConfig`] with token ids inside SigLIP's vocabulary. SigLIP's defaults are CLIP's bos/eos ids
+    (49406/49407), outside its own 32,000-token vocabulary, and transformers builds the sub-config class with its
+    defaults whenever it prints or diffs a config (every `from_pretrained`), which then warns about those ids.
+    """
+
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = 1
+
+
+@strict
 class HicomConfig(PreTrainedConfig):
     r"""
     Configuration of [`HicomForConditionalGeneration`]: a SigLIP vision tower, a SigLIP text tower that encodes the
@@ -84,7 +96,9 @@ class HicomConfig(PreTrainedConfig):
     model_type = "hicom"
     # Sub-configs are built in `__post_init__` (the `sub_configs` mapping style that every transformers 5.x reads;
     # 5.20 added `sub_configs_defaults`, which 5.19 lacks).
-    sub_configs = {"vision_config": SiglipVisionConfig, "instruct_config": SiglipTextConfig, "text_config": Qwen2Config}
+    sub_configs = {
+        "vision_config": SiglipVisionConfig, "instruct_config": HicomInstructConfig, "text_config": Qwen2Config
+    }
 
     vision_config: dict | PreTrainedConfig | None = None
     instruct_config: dict | PreTrainedConfig | None = None
@@ -198,4 +212,4 @@ def _drop_legacy_adapter_fields(kwargs: dict) -> None:
             )
 
 
-__all__ = ["HicomConfig"]
+__all__ = ["HicomConfig", "HicomInstructConfig"]

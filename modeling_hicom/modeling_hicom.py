@@ -6,6 +6,7 @@ video placeholder tokens in the language model's input. See DESIGN.md for the ex
 """
 
 import contextlib
+import logging as std_logging
 import math
 import os
 from dataclasses import dataclass
@@ -30,6 +31,26 @@ from .configuration_hicom import HicomConfig
 from .remote_code import save_remote_code
 
 logger = logging.get_logger(__name__)
+
+
+class _EachMessageOnce(std_logging.Filter):
+    """Lets each distinct log message through once per process."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        key = (record.msg, record.args)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+# bitsandbytes' 8-bit matmul logs at every call of every 8-bit layer that it casts its inputs to float16 (the
+# language model runs in float32 or bfloat16): hundreds of identical lines for a short answer. Once says it all.
+std_logging.getLogger("bitsandbytes.autograd._functions").addFilter(_EachMessageOnce())
 
 # Inputs that describe the visual content: consumed on the prefill step only.
 _PREFILL_ONLY_INPUTS = (
@@ -455,7 +476,10 @@ class HicomModel(HicomPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if input_ids is not None:
+        # Placeholders are checked on the prefill step only: a decoding step feeds back sampled tokens, and a sampled
+        # placeholder id is just a token there (the visual inputs were consumed on prefill).
+        prefill = cache is None or cache.get_seq_length() == 0
+        if input_ids is not None and prefill:
             for values, token_id, name in (
                 (pixel_values_videos, self.config.video_token_id, "pixel_values_videos"),
                 (pixel_values, self.config.image_token_id, "pixel_values"),

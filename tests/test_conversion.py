@@ -17,6 +17,7 @@ from conversion.convert_hicom_original_to_hf import (
     build_config,
     convert,
     convert_state_dict,
+    load_tokenizer,
     parse_projector_type,
     rename_key,
 )
@@ -437,3 +438,144 @@ def test_release_layout_converts_on_the_meta_device():
     parameters = sum(value.numel() for value in state_dict.values())
     # Qwen2.5-7B (7.62B with its untied head) + SigLIP so400m vision (0.43B) and text (0.45B) towers + compressor.
     assert 8.45e9 < parameters < 8.65e9
+
+
+# --- what the converter writes besides weights ----------------------------------------------------------------------
+
+
+def test_generation_config_suppresses_the_placeholders(converted_fixture, loaded):
+    """A model that favours `<video>` (here by a logit bias) still never emits a placeholder with the written config."""
+    generation = json.loads((converted_fixture / "generation_config.json").read_text())
+    placeholders = {loaded.config.video_token_id, loaded.config.image_token_id}
+    assert placeholders <= set(generation["suppress_tokens"])
+    bias = torch.zeros(loaded.config.text_config.vocab_size)
+    bias[loaded.config.video_token_id] = 100.0
+    hook = loaded.lm_head.register_forward_hook(lambda module, args, logits: logits + bias)
+    try:
+        with torch.no_grad():
+            out = loaded.generate(input_ids=REFERENCE["text_before_ids"][None], max_new_tokens=4, do_sample=False)
+    finally:
+        hook.remove()
+    assert not placeholders & set(out[0].tolist())
+
+
+CLEAN_LOAD = """
+import json, logging, sys, warnings
+from transformers import AutoModelForImageTextToText, AutoProcessor
+logged = []
+class Collect(logging.Handler):
+    def emit(self, record):
+        logged.append(f"{record.name}: {record.getMessage()}")
+for name in ("", "transformers"):  # transformers' loggers do not propagate to the root logger
+    logging.getLogger(name).addHandler(Collect(logging.WARNING))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True)
+    AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+print(json.dumps({"logged": logged, "warned": [f"{w.category.__name__}: {w.message}" for w in caught]}))
+"""
+
+
+def test_a_clean_load_logs_no_warnings(converted_fixture):
+    """SigLIP's default config carries CLIP's bos/eos ids (outside its vocabulary), which transformers warns about
+    whenever it builds the default instruction config; the converted folder loads without a single warning."""
+    report = json.loads(run_isolated(CLEAN_LOAD, converted_fixture).strip().splitlines()[-1])
+    assert report == {"logged": [], "warned": []}
+
+
+# --- the command line: refusals in one line, a folder written whole or not at all ---------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def run_cli(capsys, *args):
+    """`hicom-convert ARGS` in-process: (exit code, stderr)."""
+    from conversion.convert_hicom_original_to_hf import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def cli_args(original, output, siglip=SIGLIP):
+    return ["--input", original, "--vision-tower", siglip, "--output", output]
+
+
+def bad_folder(tmp_path, config_text=None):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    if config_text is not None:
+        (folder / "config.json").write_text(config_text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda tmp: cli_args(tmp / "nope", tmp / "out"), "--input '{tmp}/nope': no such folder."),
+        (lambda tmp: cli_args(ORIGINAL, tmp / "out", siglip=tmp / "nope"), "--vision-tower '{tmp}/nope': no such folder."),
+        (lambda tmp: cli_args(bad_folder(tmp), tmp / "out"), "--input '{tmp}/bad' has no config.json."),
+        (lambda tmp: cli_args(bad_folder(tmp, "{oops"), tmp / "out"), "{tmp}/bad/config.json is not valid JSON"),
+        (lambda tmp: cli_args(bad_folder(tmp, "[1, 2]"), tmp / "out"), "{tmp}/bad/config.json must hold a JSON object"),
+        (lambda tmp: cli_args(ORIGINAL, tmp / "out") + ["--tokenizer", tmp / "nope"], "--tokenizer '{tmp}/nope': no such"),
+        (lambda tmp: cli_args(ORIGINAL, tmp / "out") + ["--reference", tmp / "nope"], "--reference '{tmp}/nope': no such"),
+        (lambda tmp: cli_args(ORIGINAL, ORIGINAL) + ["--overwrite"], "would replace the input folder"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_code_2(capsys, tmp_path, make_args, message):
+    code, err = run_cli(capsys, *make_args(tmp_path))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("hicom-convert: error: ")
+    assert message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_tokenizer_files_are_named_or_taken_from_tokenizer(checkpoint_copy, tmp_path, capsys):
+    """Without tokenizer files `AutoTokenizer` builds a few-token tokenizer that reads every prompt as nothing."""
+    for name in TOKENIZER_FILES:
+        (checkpoint_copy / name).unlink()
+    code, err = run_cli(capsys, *cli_args(checkpoint_copy, tmp_path / "out"))
+    assert code == 2 and "tokenizer_config.json, tokenizer.json (or vocab.json and merges.txt)" in err
+    assert not (tmp_path / "out").exists()
+
+    convert(checkpoint_copy, SIGLIP, tmp_path / "out", tokenizer=ORIGINAL)
+    from transformers import AutoTokenizer
+
+    written = AutoTokenizer.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    reference = load_tokenizer(ORIGINAL)
+    text = "What is moving in the video?"
+    assert written(text).input_ids == reference(text).input_ids and len(reference(text).input_ids) > 3
+
+
+def test_output_is_replaced_whole_and_only_with_overwrite(converted_fixture, tmp_path, capsys):
+    output = tmp_path / "out"
+    shutil.copytree(converted_fixture, output)
+    # An earlier, sharded conversion left an index that points at shards the new conversion does not write.
+    (output / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}}))
+    (output / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    code, err = run_cli(capsys, *cli_args(ORIGINAL, output))
+    assert code == 2 and "is not empty: pass --overwrite" in err
+    assert (output / "model.safetensors.index.json").exists()  # untouched
+
+    convert(ORIGINAL, SIGLIP, output, overwrite=True)
+    assert sorted(path.name for path in output.iterdir()) == sorted(path.name for path in converted_fixture.iterdir())
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
+
+
+def test_a_failed_conversion_leaves_nothing_behind(checkpoint_copy, tmp_path):
+    edit_weights(checkpoint_copy, lambda t: t["lm_head.weight"].mul_(1.01))
+    output = tmp_path / "converted" / "out"
+    with pytest.raises(ConversionError, match="differ from the reference"):
+        convert(checkpoint_copy, SIGLIP, output, reference=FIXTURE / "reference_io.safetensors")
+    assert list(output.parent.iterdir()) == []
+
+
+def test_help_keeps_the_example_lines(capsys):
+    from conversion.convert_hicom_original_to_hf import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert exit_info.value.code == 0
+    start = lines.index("    hicom-convert --input HICom_7B_qwen25_directg_local43_global32 \\")
+    assert lines[start + 1] == "        --vision-tower siglip-so400m-patch14-384 --output hicom-7b-hf"

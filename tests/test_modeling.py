@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import VIDEO_TOKEN_ID, random_inputs, tiny_model
+from tiny_models import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, random_inputs, tiny_model
 
 from modeling_hicom.compressor_hicom import sincos_embedding_1d, window_index, window_starts
 
@@ -185,6 +185,31 @@ def test_generate_uses_cache_and_encodes_the_video_once(model):
             ).logits
             sequence = torch.cat([sequence, logits[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(out, sequence)
+
+
+@pytest.mark.parametrize("token_id", [VIDEO_TOKEN_ID, IMAGE_TOKEN_ID])
+def test_a_sampled_placeholder_does_not_stop_generation(model, token_id):
+    """A model that emits a placeholder id (here forced by a logit bias) keeps generating: decoding steps feed back
+    sampled tokens and must not be checked for placeholders as a prompt is."""
+    pixels, frames, ids, mask = random_inputs(model, [4])
+    input_ids = prompt_for(model, 4)
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[token_id] = 100.0
+    hook = model.lm_head.register_forward_hook(lambda module, args, logits: logits + bias)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids, pixel_values_videos=pixels, video_num_frames=frames, instruct_input_ids=ids,
+                instruct_attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+            )
+    finally:
+        hook.remove()
+    assert out[0, input_ids.shape[1] :].tolist() == [token_id] * 3
+
+
+def test_placeholders_in_the_prompt_are_still_checked_by_generate(model):
+    with pytest.raises(ValueError, match="pixel_values_videos"):
+        model.generate(input_ids=prompt_for(model, 4), max_new_tokens=2, do_sample=False, pad_token_id=0)
 
 
 def test_labels_give_a_loss(model):
