@@ -485,8 +485,12 @@ def convert(input_dir, vision_tower, output, dtype=None, reference=None, push_to
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.config.dtype = next(iter(state_dict.values())).dtype
     output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, max_shard_size=max_shard_size)
+    from processing_hicom import VideoTextToTextPipeline  # importing the package registers the pipeline task
+
     processor = build_processor(tokenizer, vision_tower, config, original)
+    # The pipeline's own saving writes the model, every remote-code module and the `custom_pipelines` entry that
+    # `pipeline("video-text-to-text", model=folder, trust_remote_code=True)` reads; the processor saves itself.
+    VideoTextToTextPipeline(model=model, processor=processor).save_pretrained(output, max_shard_size=max_shard_size)
     processor.save_pretrained(output)
     write_model_card(output, config, processor, original, input_dir, vision_tower, model.config.dtype)
     if (input_dir / "generation_config.json").exists():
