@@ -2,7 +2,7 @@
 
 Each video's frames are encoded by SigLIP, compressed *conditioned on the user's instruction* into
 `ceil(T/4)*ceil(27/3)^2 + 32` tokens (680 for 32 frames, against 23,328 raw patches), and those tokens replace the
-video placeholder tokens in the language model's input. See DESIGN.md for the exact computation.
+video placeholder tokens in the language model's input. docs/architecture.md walks through the computation.
 """
 
 import contextlib
