@@ -12,5 +12,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q -e ".[test]" "transformers==$OLDEST"
 "$VENV/bin/python" -c "import transformers; assert transformers.__version__ == '$OLDEST', transformers.__version__"
-"$VENV/bin/python" -m pytest -q tests/test_modeling.py tests/test_library_conventions.py tests/test_processing.py \
+timeout 900 "$VENV/bin/python" -m pytest -q tests/test_modeling.py tests/test_library_conventions.py tests/test_processing.py \
     tests/test_video_processing.py tests/test_conversion.py tests/test_pipeline.py

@@ -74,7 +74,12 @@ class _Terminal(io.StringIO):
 
 @pytest.mark.parametrize(
     "stream, frames, enabled, shown",
-    [(_Terminal, 9, True, True), (io.StringIO, 9, True, False), (_Terminal, 9, False, False), (_Terminal, 4, True, False)],
+    [
+        (_Terminal, 9, True, True),
+        (io.StringIO, 9, True, False),
+        (_Terminal, 9, False, False),
+        (_Terminal, 4, True, False),
+    ],
 )
 def test_vision_tower_progress_bar(model, monkeypatch, stream, frames, enabled, shown):
     """Shown on a terminal for more than one chunk of frames (`vision_batch_size` 4 here); off when stderr is not a

@@ -22,7 +22,7 @@ QUANTIZED = {
     "4bit": (dict(load_in_4bit=True), "Linear4bit", 4),
     "8bit": (dict(load_in_8bit=True), "Linear8bitLt", 8),
 }
-DENSE_PREFIXES = ("model.vision_tower.", "model.instruct_encoder.", "model.compressor.", "lm_head")
+UNQUANTIZED_PREFIXES = ("model.vision_tower.", "model.instruct_encoder.", "model.compressor.")
 
 
 @pytest.fixture(autouse=True)
@@ -143,11 +143,9 @@ def test_dense_modules_dtype_follows_keep_in_fp32(folder, dtype):
     plain = HicomForConditionalGeneration.from_pretrained(folder, dtype=dtype)
     expected = torch.float32 if dtype == torch.float16 else dtype
     for loaded in (model, plain):
-        dense_dtypes = {
-            name: parameter.dtype for name, parameter in loaded.named_parameters() if name.startswith(DENSE_PREFIXES[:3])
-        }
+        dense_dtypes = {name: p.dtype for name, p in loaded.named_parameters() if name.startswith(UNQUANTIZED_PREFIXES)}
         assert dense_dtypes and set(dense_dtypes.values()) == {expected}
-    assert {p.dtype for n, p in plain.named_parameters() if not n.startswith(DENSE_PREFIXES[:3])} == {dtype}
+    assert {p.dtype for n, p in plain.named_parameters() if not n.startswith(UNQUANTIZED_PREFIXES)} == {dtype}
     inputs = video_prompt(model)
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     with torch.no_grad():

@@ -503,9 +503,9 @@ def test_pickle_weights_never_run_code(hub_folder, model, tmp_path):
     # transformers reads pickle weights with `weights_only=True` (its default): plain tensors load, code does not run.
     loaded = AutoModelForImageTextToText.from_pretrained(benign, trust_remote_code=True, dtype=torch.float32)
     assert torch.equal(loaded.lm_head.weight, tensors["lm_head.weight"].float())
-    for use_safetensors in (None, False):
+    for choice in (None, False):
         with pytest.raises(Exception, match=r"(?i)weights.only|unsupported global"):
-            AutoModelForImageTextToText.from_pretrained(malicious, trust_remote_code=True, use_safetensors=use_safetensors)
+            AutoModelForImageTextToText.from_pretrained(malicious, trust_remote_code=True, use_safetensors=choice)
     # A pickle next to the safetensors is ignored.
     shutil.copy(hub_folder / "model.safetensors", malicious / "model.safetensors")
     both = AutoModelForImageTextToText.from_pretrained(malicious, trust_remote_code=True, dtype=torch.float32)
