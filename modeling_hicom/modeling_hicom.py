@@ -111,9 +111,9 @@ class HicomPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     # Modules that run in float32 when the model is loaded in float16 (fp16's range is narrower than the bf16 the
-    # release was trained in); quantizers also leave every module listed here unquantized, so only the language model
-    # is quantized and the visual tokens are those of the unquantized model. Patterns match from the module name's start,
-    # with or without the head model's `model.` prefix. See docs/architecture.md ("Precision and quantization").
+    # release was trained in); quantizers also leave every module listed here unquantized, so only the language
+    # model is quantized and the visual tokens are those of the unquantized model. Patterns match from the module
+    # name's start, with or without the head model's `model.` prefix. See docs/architecture.md.
     _keep_in_fp32_modules = [r"(?:model\.)?vision_tower", r"(?:model\.)?instruct_encoder", r"(?:model\.)?compressor"]
 
     @torch.no_grad()
@@ -164,9 +164,9 @@ class HicomModel(HicomPreTrainedModel):
 
         `features` is the output of the vision tower's `config.vision_feature_layer`, caught with a forward hook on
         that layer so that no other layer's hidden states are kept; `patch_embeds` is the tower's last hidden state
-        (after its final layer norm) through the residual MLP of its pooling head, applied to every patch. A progress bar (transformers'
-        `logging.tqdm`: off when stderr is not a terminal or after `transformers.logging.disable_progress_bar()`)
-        shows when the frames take more than one chunk.
+        (after its final layer norm) through the residual MLP of its pooling head, applied to every patch. A progress
+        bar (transformers' `logging.tqdm`: off when stderr is not a terminal or after
+        `transformers.logging.disable_progress_bar()`) shows when the frames take more than one chunk.
         """
         tower = self.vision_tower
         layers = tower.encoder.layers
