@@ -177,7 +177,7 @@ QWEN2_05B = dict(
 
 
 def hicom_tokens(frames: int, side: int = 27, temporal: int = 4, spatial: int = 3, global_queries: int = 32) -> int:
-    """Compressed tokens of a `frames`-frame video (DESIGN.md sec. 2-3)."""
+    """Compressed tokens of a `frames`-frame video (docs/architecture.md, "The compressor's math")."""
     temporal = 1 if frames == 1 else temporal
     return -(-frames // temporal) * (-(-side // spatial)) ** 2 + global_queries
 

@@ -15,7 +15,6 @@ the compressed tokens, LM head on the last position, argmax). The actual path, d
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import tempfile
 import time

@@ -554,8 +554,13 @@ def write_converted(staging: Path, input_dir: Path, vision_tower: Path, original
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.config.dtype = next(iter(state_dict.values())).dtype
     model.generation_config = build_generation_config(input_dir, config)
-    model.save_pretrained(staging, max_shard_size=max_shard_size)
+    from processing_hicom import VideoTextToTextPipeline  # importing the package registers the pipeline task
+
     processor = build_processor(tokenizer, vision_tower, config, original)
+    # The pipeline's own saving writes the model (with its generation config), every remote-code module and the
+    # `custom_pipelines` entry that `pipeline("video-text-to-text", model=folder, trust_remote_code=True)` reads; the
+    # processor saves itself.
+    VideoTextToTextPipeline(model=model, processor=processor).save_pretrained(staging, max_shard_size=max_shard_size)
     processor.save_pretrained(staging)
     write_model_card(staging, config, processor, original, input_dir, vision_tower, model.config.dtype)
 

@@ -1,16 +1,16 @@
 """Where did each question look? Relevance maps of HICom's question-conditioned compression, as a PNG.
 
     python -m examples.relevance_map --model hicom-7b-hf --video clip.mp4 \\
-        --question "What does the man hold?" --question "What colour is the car?" --output relevance.png
+        --question "What does the man hold?" --question "What colour is the car?" --output clip-relevance.png
     python -m examples.relevance_map              # embedded demo model: RANDOM weights, the maps mean nothing
-    python -m examples.relevance_map --synthetic  # hand-built model and clip: the right answer is known
+    python -m examples.relevance_map --synthetic --output synthetic-relevance.png  # known right answer
 
 HICom compresses a video *conditioned on the question*: its local level pools each small space-time window with the
 instruction as query, its global level attends over the whole clip. This script asks the compressor for its
 attention weights (`get_video_features(..., output_attentions=True)`), turns them into per-patch maps
-(`modeling_hicom.relevance_maps`) and draws them over the sampled frames: one row per question, the local level's
-maps on the left, the global level's on the right. It also prints the frames that took the largest share of each
-level's attention, with their timestamps.
+(`modeling_hicom.relevance_maps`) and draws them over the sampled frames: per question, a row of frames for each level
+under its heading, with a colour bar of that row's scale. It also prints the frames that took the largest share of
+each level's attention, with their timestamps.
 
 `--synthetic` builds a model whose weights are set by hand (`build_synthetic_model`) so that the instruction
 embedding of a question naming a colour ("red", "green", "blue") equals the patch keys of that colour, and a clip in
@@ -20,6 +20,7 @@ sampling, compression, maps, frame alignment, drawing) that a random-weight mode
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,14 @@ from torch import nn
 from modeling_hicom import HicomConfig, HicomForConditionalGeneration, frame_box, patch_map_to_pixels, relevance_maps
 from modeling_hicom.configuration_hicom import LEVEL_OPTIONS
 
-PANEL_PX = 160  # default side of one frame's panel, in pixels
-LABEL_PX = 24  # strip above each row of panels for the question and the levels' scales
+PANEL_PX = 160  # default length of a frame panel's longer side, in pixels
+QUESTION_PX = 22  # strip above each question's rows, for the question
+HEADING_PX = 16  # strip above each level's row, for its heading
+NOTE_PX = 22  # strip at the top for what the weights are (demo and synthetic runs)
+GAP_PX = 4  # between panels, and around the figure
+COLORBAR_PX = 12  # width of a row's colour bar; its tick labels take `COLORBAR_LABELS_PX` more
+COLORBAR_LABELS_PX = 56
+MAX_ASPECT = 4  # panels are never longer than this many times their width (or height)
 DPI = 100
 LEVELS = ("local", "global")
 DEFAULT_QUESTION = "Where is the red square?"  # the demo clip shows a red square crossing a blue background
@@ -59,6 +66,15 @@ def parse_args(argv=None):
         parser.error("--synthetic builds its own model: drop --model")
     if args.model and not args.video:
         parser.error("--video is required with --model")
+    if args.video and not args.question:
+        parser.error("--question is required with --video (the default question only fits the generated clips)")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        parser.error(f"--output must name a .png file, got {args.output!r}")
+    if not output.parent.is_dir():
+        parser.error(f"--output: the folder {str(output.parent)!r} does not exist")
+    if output.is_dir() or not os.access(output.parent, os.W_OK):
+        parser.error(f"--output: cannot write {args.output!r}")
     for name in ("num_frames", "max_columns", "panel_size", "top"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -283,10 +299,34 @@ def report(questions, maps, top: int) -> None:
 
 
 # --- drawing ----------------------------------------------------------------------------------------------------------
-def figure_pixels(num_questions: int, num_levels: int, num_columns: int, panel: int) -> tuple[int, int]:
-    """`(width, height)` of the PNG: `num_levels * num_columns` square panels per row, one row per question, each
-    row under a `LABEL_PX` strip."""
-    return num_levels * num_columns * panel, num_questions * (panel + LABEL_PX)
+def display_box(box, image_size: int, patch_size: int) -> tuple[int, int, int, int]:
+    """The part of the model's square input to draw for a frame at `box = frame_box(...)`: the frame, widened across
+    its short side (into the padding bars) to at least one patch and at most `MAX_ASPECT` times shorter than its long
+    side, so that a 16x1000 video still shows the patch rows its relevance lives on."""
+    top, left, height, width = box
+    short = max(patch_size, round(max(height, width) / MAX_ASPECT))
+    if height < short:
+        top, height = max(0, min(image_size - short, top - (short - height) // 2)), min(short, image_size)
+    if width < short:
+        left, width = max(0, min(image_size - short, left - (short - width) // 2)), min(short, image_size)
+    return top, left, height, width
+
+
+def panel_pixels(box, panel: int) -> tuple[int, int]:
+    """`(width, height)` of a frame's panel: the drawn box's aspect ratio, `panel` pixels along its longer side."""
+    _, _, height, width = box
+    if width >= height:
+        return panel, max(1, round(panel * height / width))
+    return max(1, round(panel * width / height)), panel
+
+
+def figure_pixels(num_questions: int, num_levels: int, num_columns: int, panel_size, note: bool):
+    """`(width, height)` of the PNG: per question a question strip, then per level a heading strip over a row of
+    `num_columns` panels of `panel_size = (width, height)` and that row's colour bar."""
+    panel_width, panel_height = panel_size
+    width = GAP_PX + num_columns * (panel_width + GAP_PX) + COLORBAR_PX + COLORBAR_LABELS_PX
+    height = GAP_PX + NOTE_PX * note + num_questions * (QUESTION_PX + num_levels * (HEADING_PX + panel_height + GAP_PX))
+    return width, height
 
 
 def shown_positions(num_frames: int, max_columns: int) -> list[int]:
@@ -294,13 +334,21 @@ def shown_positions(num_frames: int, max_columns: int) -> list[int]:
     return sorted({round(x) for x in np.linspace(0, num_frames - 1, min(num_frames, max_columns))})
 
 
-def render(path, questions, inputs, features, maps, processor, max_columns: int, panel: int, note: str = ""):
-    """Draw every question's maps over its frames (what the model saw, padding bars cropped) and write a PNG.
+LEVEL_HEADINGS = {
+    "local": "Local level: each small space-time window's pick",
+    "global": "Global level: attention over the whole clip",
+}
 
-    Colours are the share of the level's attention per patch relative to uniform attention, on one scale per
-    question and level (so frames compare); each panel's caption is its frame's time and share of the level.
-    Returns the PNG's `(width, height)`.
+
+def draw(questions, inputs, features, maps, processor, max_columns: int, panel: int, note: str = ""):
+    """Every question's maps over its frames (what the model saw, padding bars cropped), as a matplotlib `Figure`.
+
+    Colours are each patch's share of the level's attention relative to uniform attention, on one scale per question
+    and level (its colour bar), so frames compare; each panel's caption is its frame's time and share of the level.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     video_processor = processor.video_processor
@@ -310,39 +358,64 @@ def render(path, questions, inputs, features, maps, processor, max_columns: int,
 
     levels = [level for level in LEVELS if level == "local" or maps[0].global_map is not None]
     columns = shown_positions(len(maps[0].frame_indices), max_columns)
-    width, height = figure_pixels(len(questions), len(levels), len(columns), panel)
+    boxes = [
+        display_box(frame_box(meta.height, meta.width, image_size), image_size, patch_size)
+        for meta in inputs["video_metadata"]
+    ]
+    # One panel size for the whole figure (the questions share the video): the first video's.
+    panel_width, panel_height = panel_pixels(boxes[0], panel)
+    width, height = figure_pixels(len(questions), len(levels), len(columns), (panel_width, panel_height), bool(note))
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+    def place(x, y, w, h):
+        """Axes at pixel `(x, y)` from the top left, `w x h` pixels."""
+        return figure.add_axes((x / width, 1 - (y + h) / height, w / width, h / height))
+
+    y = GAP_PX
+    if note:
+        figure.text(GAP_PX / width, 1 - (y + NOTE_PX / 2) / height, note, va="center", fontsize=9, color="darkred")
+        y += NOTE_PX
     starts = [0, *torch.as_tensor(inputs["video_num_frames"]).cumsum(0).tolist()]
-    for row, (question, relevance, meta, grid) in enumerate(
-        zip(questions, maps, inputs["video_metadata"], features.grid_shapes)
-    ):
-        top, left, box_height, box_width = frame_box(meta.height, meta.width, image_size)
+    for row, (question, relevance, box, grid) in enumerate(zip(questions, maps, boxes, features.grid_shapes)):
+        top, left, box_height, box_width = box
         crop = (slice(top, top + box_height), slice(left, left + box_width))
         uniform = 1.0 / (grid[0] * grid[1] * grid[2])
         frames = inputs["pixel_values_videos"][starts[row] : starts[row] + len(relevance.frame_indices)]
         frames = (frames.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        scales = []
-        for block, level in enumerate(levels):
+        figure.text(GAP_PX / width, 1 - (y + QUESTION_PX / 2) / height, f'Question: "{question}"', va="center",
+                    fontsize=10, fontweight="bold")
+        y += QUESTION_PX
+        for level in levels:
             ratio = relevance.level_map(level) / uniform
             heat = patch_map_to_pixels(ratio, image_size, patch_size)[:, crop[0], crop[1]].numpy()
-            vmax = float(ratio.max())
-            scales.append(f"{level} ({'right' if block else 'left'}): peak {vmax:.1f}x uniform")
+            scale = Normalize(vmin=0, vmax=float(ratio.max()))
+            figure.text(GAP_PX / width, 1 - (y + HEADING_PX / 2) / height, LEVEL_HEADINGS[level], va="center",
+                        fontsize=8, style="italic")
+            y += HEADING_PX
             shares = relevance.frame_shares(level)
             for column, position in enumerate(columns):
-                x = (block * len(columns) + column) * panel / width
-                y = 1 - ((row + 1) * (panel + LABEL_PX)) / height
-                axes = figure.add_axes((x, y, panel / width, panel / height))
+                axes = place(GAP_PX + column * (panel_width + GAP_PX), y, panel_width, panel_height)
                 axes.set_axis_off()
-                axes.set_anchor("N")  # frames hang under their label; letterboxing goes below
-                axes.imshow(frames[position][crop])
-                axes.imshow(heat[position], cmap="inferno", alpha=0.55, vmin=0, vmax=vmax, interpolation="nearest")
+                axes.imshow(frames[position][crop], aspect="auto")
+                axes.imshow(heat[position], cmap="inferno", norm=scale, alpha=0.55, interpolation="nearest",
+                            aspect="auto")
                 caption = f"{frame_label(relevance, position)}  {shares[position]:.0%}"
                 axes.text(0.02, 0.98, caption, transform=axes.transAxes, va="top", fontsize=7, color="white",
                           bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0))
-        label = f'{note + " | " if note and row == 0 else ""}"{question}"  —  ' + ";  ".join(scales)
-        figure.text(0.005, 1 - (row * (panel + LABEL_PX) + LABEL_PX / 2) / height, label, va="center", fontsize=8)
+            bar = place(GAP_PX + len(columns) * (panel_width + GAP_PX), y, COLORBAR_PX, panel_height)
+            colorbar = figure.colorbar(ScalarMappable(norm=scale, cmap=colormaps["inferno"]), cax=bar)
+            colorbar.set_label("x uniform", fontsize=7)
+            colorbar.ax.tick_params(labelsize=7)
+            y += panel_height + GAP_PX
+    return figure
+
+
+def render(path, questions, inputs, features, maps, processor, max_columns: int, panel: int, note: str = ""):
+    """`draw` the maps and write them as a PNG; returns its `(width, height)`."""
+    figure = draw(questions, inputs, features, maps, processor, max_columns, panel, note)
     figure.savefig(path, dpi=DPI)
-    return width, height
+    width, height = figure.get_size_inches() * DPI
+    return round(width), round(height)
 
 
 def main(argv=None):

@@ -2,10 +2,12 @@
 
 Importing the package registers the classes with transformers' Auto classes, so a converted folder loads without
 `trust_remote_code` in a process that has this package (with `trust_remote_code=True`, the folder's own copy runs).
-This file is not part of the remote code: only the flat modules beside it are copied next to a checkpoint.
+This file is not part of the remote code: saving a model copies `modeling_hicom.py` and the modules it imports
+(`register_for_auto_class`). `relevance_hicom.py` is installed with the package but not shipped to the Hub: it reads
+the compressor's attention outputs for a visualisation, which loading and running the model never needs.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .compressor_hicom import HicomCompressor, window_index
 from .configuration_hicom import HicomConfig
@@ -23,7 +25,6 @@ from .relevance_hicom import (
 AutoConfig.register(HicomConfig.model_type, HicomConfig, exist_ok=True)
 AutoModel.register(HicomConfig, HicomModel, exist_ok=True)
 AutoModelForImageTextToText.register(HicomConfig, HicomForConditionalGeneration, exist_ok=True)
-AutoModelForCausalLM.register(HicomConfig, HicomForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "FrameShare",

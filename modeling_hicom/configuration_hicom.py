@@ -212,4 +212,6 @@ def _drop_legacy_adapter_fields(kwargs: dict) -> None:
             )
 
 
+HicomConfig.register_for_auto_class()  # saved configs name this class in `auto_map` (remote code)
+
 __all__ = ["HicomConfig", "HicomInstructConfig"]

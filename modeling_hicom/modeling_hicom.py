@@ -2,23 +2,19 @@
 
 Each video's frames are encoded by SigLIP, compressed *conditioned on the user's instruction* into
 `ceil(T/4)*ceil(27/3)^2 + 32` tokens (680 for 32 frames, against 23,328 raw patches), and those tokens replace the
-video placeholder tokens in the language model's input. See DESIGN.md for the exact computation.
+video placeholder tokens in the language model's input. docs/architecture.md walks through the computation.
 """
 
 import contextlib
 import logging as std_logging
 import math
-import os
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel, SiglipTextModel, SiglipVisionModel
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.utils import logging
-from transformers.utils.deprecation import deprecate_kwarg
 
 from .compressor_hicom import (
     HicomAdapter,
@@ -28,7 +24,6 @@ from .compressor_hicom import (
     HicomLocalCompressor,
 )
 from .configuration_hicom import HicomConfig
-from .remote_code import save_remote_code
 
 logger = logging.get_logger(__name__)
 
@@ -51,17 +46,6 @@ class _EachMessageOnce(std_logging.Filter):
 # bitsandbytes' 8-bit matmul logs at every call of every 8-bit layer that it casts its inputs to float16 (the
 # language model runs in float32 or bfloat16): hundreds of identical lines for a short answer. Once says it all.
 std_logging.getLogger("bitsandbytes.autograd._functions").addFilter(_EachMessageOnce())
-
-# Inputs that describe the visual content: consumed on the prefill step only.
-_PREFILL_ONLY_INPUTS = (
-    "pixel_values",
-    "pixel_values_videos",
-    "video_num_frames",
-    "instruct_input_ids",
-    "instruct_attention_mask",
-    "image_instruct_input_ids",
-    "image_instruct_attention_mask",
-)
 
 
 @dataclass
@@ -101,23 +85,16 @@ class HicomModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class HicomCausalLMOutputWithPast(ModelOutput):
+class HicomCausalLMOutputWithPast(CausalLMOutputWithPast):
     """
-    [`HicomForConditionalGeneration`] outputs.
+    [`HicomForConditionalGeneration`] outputs: the language model's (loss, logits, key/value cache, hidden states,
+    attentions), plus the compressed tokens that were fed to it.
 
     Args:
-        loss (`torch.FloatTensor`, *optional*, with `labels`): next-token prediction loss.
-        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
-        cache (`Cache`, *optional*): the language model's key/value cache.
-        hidden_states, attentions: the language model's, when asked for.
-        video_hidden_states, image_hidden_states: the compressed tokens fed to the language model.
+        video_hidden_states (`torch.FloatTensor`, *optional*): `(total_video_tokens, text_hidden_size)`.
+        image_hidden_states (`torch.FloatTensor`, *optional*): `(total_image_tokens, text_hidden_size)`.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     video_hidden_states: torch.FloatTensor | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
@@ -141,7 +118,8 @@ class HicomPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["cache"]
+    # The key/value cache argument, by its name in transformers >= 5.24 and before (see docs/architecture.md).
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     # Layers that device_map="auto" must keep whole; the compressor reads whole clips, so it stays in one piece.
     _no_split_modules = [
         "Qwen2DecoderLayer",
@@ -154,73 +132,11 @@ class HicomPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    # Only the language model's linear layers may be quantized (bitsandbytes 4/8-bit or any transformers quantizer):
-    # the towers and the compressor are small next to it, and the compressor reads its weights directly (reassociated
-    # attention). Quantizers skip the modules in `_keep_in_fp32_modules` (patterns matched from the module name's
-    # start, with or without the `model.` prefix of the head model), so they are listed there...
-    _modules_not_to_quantize = (
-        r"(?:model\.)?vision_tower",
-        r"(?:model\.)?instruct_encoder",
-        r"(?:model\.)?compressor",
-        "lm_head",
-    )
-    _keep_in_fp32_modules = list(_modules_not_to_quantize)
-
-    def _get_dtype_plan(self, dtype: torch.dtype) -> dict:
-        """... but they run in the model's dtype, not upcast to float32 (the compressor's softmaxes, dot products and
-        online-softmax sums are computed in float32 whatever the weights' dtype)."""
-        plan = super()._get_dtype_plan(dtype)
-        return {key: value for key, value in plan.items() if key not in self._modules_not_to_quantize}
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also write the remote-code files (processor and pipeline included), so the folder loads on its own."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            save_remote_code(save_directory, extra_dirs=[self.name_or_path])
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, use_safetensors=None, weights_only=True,
-                        **kwargs):
-        """`PreTrainedModel.from_pretrained`, safetensors only by default: a folder or repository that holds only
-        pickle weights (`pytorch_model*.bin`) is refused unless `use_safetensors=False` is passed, and pickle weights
-        are then read with `weights_only=True` (plain tensors only: a pickle cannot run code). Converted HICom
-        checkpoints are always safetensors."""
-        if weights_only is not True:
-            raise ValueError(
-                "HICom loads pickle checkpoints only with `weights_only=True` (a pickle can run arbitrary code); got "
-                f"`weights_only={weights_only!r}`. Convert the checkpoint to safetensors instead."
-            )
-        try:
-            return super().from_pretrained(
-                pretrained_model_name_or_path,
-                *model_args,
-                use_safetensors=True if use_safetensors is None else use_safetensors,
-                weights_only=True,
-                **kwargs,
-            )
-        except OSError as error:
-            if use_safetensors is None and "file named" in str(error):
-                raise OSError(
-                    f"{error} HICom loads only safetensors weights by default; to read pickle weights "
-                    "(`pytorch_model.bin`, with `weights_only=True`), pass `use_safetensors=False`."
-                ) from error
-            raise
-        except Exception as error:
-            # A truncated or corrupt shard (e.g. an interrupted download): safetensors does not say which file.
-            if type(error).__name__ != "SafetensorError" or not os.path.isdir(str(pretrained_model_name_or_path)):
-                raise
-            folder = os.path.normpath(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
-            broken = []
-            for name in sorted(os.listdir(folder)):
-                if name.endswith(".safetensors"):
-                    try:
-                        with safe_open(os.path.join(folder, name), framework="pt"):
-                            pass
-                    except Exception:
-                        broken.append(name)
-            if not broken:
-                raise
-            raise OSError(f"Corrupt or truncated weight files in {folder}: {', '.join(broken)} ({error}).") from error
+    # Modules that run in float32 when the model is loaded in float16 (fp16's range is narrower than the bf16 the
+    # release was trained in); quantizers also leave every module listed here unquantized, so only the language
+    # model is quantized and the visual tokens are those of the unquantized model. Patterns match from the module
+    # name's start, with or without the head model's `model.` prefix. See docs/architecture.md.
+    _keep_in_fp32_modules = [r"(?:model\.)?vision_tower", r"(?:model\.)?instruct_encoder", r"(?:model\.)?compressor"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -266,7 +182,14 @@ class HicomModel(HicomPreTrainedModel):
         return torch.cat(features), torch.cat(patch_embeds)
 
     def iter_encode_frames(self, pixel_values: torch.Tensor, vision_batch_size: int | None = None):
-        """Yields `(features, patch_embeds)`, each `(n, H, W, D)`, for `vision_batch_size` frames at a time."""
+        """Yields `(features, patch_embeds)`, each `(n, H, W, D)`, for `vision_batch_size` frames at a time.
+
+        `features` is the output of the vision tower's `config.vision_feature_layer`, caught with a forward hook on
+        that layer so that no other layer's hidden states are kept; `patch_embeds` is the tower's last hidden state
+        (after its final layer norm) through the residual MLP of its pooling head, applied to every patch. A progress
+        bar (transformers' `logging.tqdm`: off when stderr is not a terminal or after
+        `transformers.logging.disable_progress_bar()`) shows when the frames take more than one chunk.
+        """
         tower = self.vision_tower
         layers = tower.encoder.layers
         layer = self.config.vision_feature_layer
@@ -275,18 +198,24 @@ class HicomModel(HicomPreTrainedModel):
             raise ValueError(f"`vision_feature_layer` {layer} is out of range for a {len(layers)}-layer vision tower.")
         chunk = vision_batch_size or self.config.vision_batch_size
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        for frames in pixel_values.split(chunk):
-            hidden = tower.embeddings(frames.to(tower.embeddings.patch_embedding.weight.dtype))
-            selected = hidden if feature_index == 0 else None
-            for index, encoder_layer in enumerate(layers, start=1):
-                hidden = encoder_layer(hidden, None)
-                if index == feature_index:
-                    selected = hidden
-            last = tower.post_layernorm(hidden)
-            del hidden
-            embeds = last + tower.head.mlp(tower.head.layernorm(last))
-            del last
-            yield selected.unflatten(1, (side, side)), embeds.unflatten(1, (side, side))
+        chunks = pixel_values.split(chunk)
+        selected = []
+        # Hidden state k is the output of layer k (k >= 1) or of the embeddings (k = 0), as in `output_hidden_states`.
+        source = tower.embeddings if feature_index == 0 else layers[feature_index - 1]
+        handle = source.register_forward_hook(lambda module, args, output: selected.append(output))
+        try:
+            for frames in logging.tqdm(chunks, desc="Encoding frames", unit="chunk", leave=False,
+                                       disable=None if len(chunks) > 1 else True):
+                # The tower's modules in the order its own `forward` calls them, minus the attention-pooling head's
+                # pooling (its one pooled vector is not used; its residual MLP is, on every patch).
+                hidden = tower.embeddings(frames.to(tower.embeddings.patch_embedding.weight.dtype))
+                last = tower.post_layernorm(tower.encoder(inputs_embeds=hidden).last_hidden_state)
+                del hidden
+                embeds = last + tower.head.mlp(tower.head.layernorm(last))
+                del last
+                yield selected.pop().unflatten(1, (side, side)), embeds.unflatten(1, (side, side))
+        finally:
+            handle.remove()
 
     def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
         """The instruction as the compressor reads it: SigLIP text `pooler_output` `(num_videos, guide_dim)` (the head of
@@ -453,13 +382,11 @@ class HicomModel(HicomPreTrainedModel):
         mask = mask.unsqueeze(-1).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, tokens.to(inputs_embeds.device, inputs_embeds.dtype))
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_num_frames: torch.LongTensor | None = None,
@@ -478,6 +405,8 @@ class HicomModel(HicomPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         # Placeholders are checked on the prefill step only: a decoding step feeds back sampled tokens, and a sampled
         # placeholder id is just a token there (the visual inputs were consumed on prefill).
+        # The cache is in `kwargs` under the installed transformers' name (see the language-model call below).
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         prefill = cache is None or cache.get_seq_length() == 0
         if input_ids is not None and prefill:
             for values, token_id, name in (
@@ -505,22 +434,16 @@ class HicomModel(HicomPreTrainedModel):
                 input_ids, inputs_embeds, image_tokens, self.config.image_token_id, "image"
             )
 
+        # The key/value cache travels in `kwargs` under the installed transformers' own name (`cache` from 5.24,
+        # `past_key_values` before), and comes back in the output field of that name: see docs/architecture.md.
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
-        return HicomModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            video_hidden_states=video_tokens,
-            image_hidden_states=image_tokens,
-        )
+        return HicomModelOutputWithPast(**outputs, video_hidden_states=video_tokens, image_hidden_states=image_tokens)
 
 
 class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
@@ -551,13 +474,11 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
     def get_image_features(self, *args, **kwargs) -> HicomVideoFeaturesOutput | tuple:
         return self.model.get_image_features(*args, **kwargs)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_num_frames: torch.LongTensor | None = None,
@@ -583,7 +504,6 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             pixel_values_videos=pixel_values_videos,
             video_num_frames=video_num_frames,
@@ -601,25 +521,15 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        output = HicomCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            video_hidden_states=outputs.video_hidden_states,
-            image_hidden_states=outputs.image_hidden_states,
-        )
+        language_outputs = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        output = HicomCausalLMOutputWithPast(loss=loss, logits=logits, **language_outputs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
-        """Visual inputs are consumed on the prefill step; with a cache, later steps must not re-encode them."""
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            for name in _PREFILL_ONLY_INPUTS:
-                model_inputs.pop(name, None)
-        return model_inputs
 
+# `save_pretrained` copies this module and its relative imports next to the weights and names the classes in the
+# config's `auto_map`, so a saved folder loads as remote code (`trust_remote_code=True`).
+HicomModel.register_for_auto_class("AutoModel")
+HicomForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 __all__ = ["HicomForConditionalGeneration", "HicomModel", "HicomPreTrainedModel", "HicomVideoFeaturesOutput"]

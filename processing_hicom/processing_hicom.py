@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .pipeline_hicom import register_pipeline

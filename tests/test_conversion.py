@@ -134,13 +134,31 @@ def test_model_card_states_the_variant(converted_fixture, fixture_name):
         assert "identical copies" not in card
 
 
+REMOTE_CODE = {
+    "configuration_hicom.py", "compressor_hicom.py", "modeling_hicom.py",  # the model's (`register_for_auto_class`)
+    "processing_hicom.py", "video_processing_hicom.py",  # the processor's
+    "pipeline_hicom.py",  # the pipeline's (`Pipeline.save_pretrained`)
+}
+
+
 def test_converted_folder_is_self_contained(converted_fixture):
+    """Every class the folder names (model, processor, video processor, pipeline) has its module beside it; nothing
+    else is shipped (the relevance-map helper is not remote code)."""
     config = json.loads((converted_fixture / "config.json").read_text())
-    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForCausalLM"):
-        module = config["auto_map"][auto_class].split(".")[0]
-        assert (converted_fixture / f"{module}.py").exists()
-    for name in ("configuration_hicom.py", "compressor_hicom.py", "modeling_hicom.py"):
-        assert (converted_fixture / name).exists()
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_hicom.HicomConfig",
+        "AutoModelForImageTextToText": "modeling_hicom.HicomForConditionalGeneration",
+    }
+    processor_config = json.loads((converted_fixture / "processor_config.json").read_text())
+    named = [
+        *config["auto_map"].values(),
+        config["custom_pipelines"]["video-text-to-text"]["impl"],
+        processor_config["auto_map"]["AutoProcessor"],
+        processor_config["video_processor"]["auto_map"]["AutoVideoProcessor"],
+    ]
+    assert config["custom_pipelines"]["video-text-to-text"]["pt"] == ["AutoModelForImageTextToText"]
+    assert {f"{name.split('.')[0]}.py" for name in named} <= REMOTE_CODE
+    assert {path.name for path in converted_fixture.glob("*.py")} == REMOTE_CODE
     assert config["torch_dtype" if "torch_dtype" in config else "dtype"] == "bfloat16"
 
 

@@ -20,7 +20,7 @@ QUANTIZED = {
     "4bit": (dict(load_in_4bit=True), "Linear4bit", 4),
     "8bit": (dict(load_in_8bit=True), "Linear8bitLt", 8),
 }
-DENSE_PREFIXES = ("model.vision_tower.", "model.instruct_encoder.", "model.compressor.", "lm_head")
+UNQUANTIZED_PREFIXES = ("model.vision_tower.", "model.instruct_encoder.", "model.compressor.")
 
 
 @pytest.fixture(scope="module")
@@ -131,30 +131,31 @@ def test_8bit_cast_notice_is_logged_once_per_process(folder, dense, caplog):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dense_modules_stay_in_the_compute_dtype(folder, dtype):
-    """Listing the dense modules in `_keep_in_fp32_modules` (how quantizers learn to skip them) must not upcast them
-    to float32 (transformers does so for float16 loads): they run in the model's dtype like the rest."""
+def test_dense_modules_dtype_follows_keep_in_fp32(folder, dtype):
+    """The unquantized modules are listed in `_keep_in_fp32_modules` (the class attribute quantizers read): they run in
+    bfloat16 for bfloat16 loads, and in float32 for float16 loads (transformers' documented meaning of the list),
+    quantized or not; the language model takes the requested dtype."""
     model = load_quantized(folder, "4bit", dtype=dtype, bnb=dict(bnb_4bit_compute_dtype=dtype))
-    dense_dtypes = {
-        name: parameter.dtype for name, parameter in model.named_parameters() if name.startswith(DENSE_PREFIXES)
-    }
-    assert dense_dtypes and set(dense_dtypes.values()) == {dtype}
+    plain = HicomForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    expected = torch.float32 if dtype == torch.float16 else dtype
+    for loaded in (model, plain):
+        dense_dtypes = {name: p.dtype for name, p in loaded.named_parameters() if name.startswith(UNQUANTIZED_PREFIXES)}
+        assert dense_dtypes and set(dense_dtypes.values()) == {expected}
+    assert {p.dtype for n, p in plain.named_parameters() if not n.startswith(UNQUANTIZED_PREFIXES)} == {dtype}
     inputs = video_prompt(model)
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     with torch.no_grad():
         out = model(**inputs)
     assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
-    # Unquantized float16 loads are not upcast either.
-    plain = HicomForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-    assert {parameter.dtype for parameter in plain.parameters()} == {dtype}
 
 
 def test_a_user_skip_list_does_not_quantize_the_compressor(folder):
-    """With `llm_int8_skip_modules` given, transformers drops its default skips; the model's own list still holds."""
+    """With `llm_int8_skip_modules` given, transformers drops its default skips (`lm_head` among them, so it is
+    quantized unless listed); the model's own list still holds."""
     model = load_quantized(folder, "4bit", bnb=dict(llm_int8_skip_modules=["model.language_model.layers.1.mlp"]))
     layers = linear_layers(model)
     for name, layer in layers.items():
-        quantized = name.startswith("model.language_model.") and ".layers.1.mlp." not in name
+        quantized = name.startswith(("model.language_model.", "lm_head")) and ".layers.1.mlp." not in name
         assert isinstance(layer, bnb.nn.Linear4bit) == quantized, name
 
 
