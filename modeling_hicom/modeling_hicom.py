@@ -203,9 +203,12 @@ class HicomModel(HicomPreTrainedModel):
         # Hidden state k is the output of layer k (k >= 1) or of the embeddings (k = 0), as in `output_hidden_states`.
         source = tower.embeddings if feature_index == 0 else layers[feature_index - 1]
         handle = source.register_forward_hook(lambda module, args, output: selected.append(output))
+        # Only for more than one chunk of frames, and (`disable=None`) only on a terminal.
+        bar = None
+        if len(chunks) > 1:
+            bar = logging.tqdm(total=len(chunks), desc="Encoding frames", unit="chunk", disable=None, leave=False)
         try:
-            for frames in logging.tqdm(chunks, desc="Encoding frames", unit="chunk", leave=False,
-                                       disable=None if len(chunks) > 1 else True):
+            for frames in chunks:
                 # The tower's modules in the order its own `forward` calls them, minus the attention-pooling head's
                 # pooling (its one pooled vector is not used; its residual MLP is, on every patch).
                 hidden = tower.embeddings(frames.to(tower.embeddings.patch_embedding.weight.dtype))
@@ -213,9 +216,13 @@ class HicomModel(HicomPreTrainedModel):
                 del hidden
                 embeds = last + tower.head.mlp(tower.head.layernorm(last))
                 del last
+                if bar is not None:
+                    bar.update()
                 yield selected.pop().unflatten(1, (side, side)), embeds.unflatten(1, (side, side))
         finally:
             handle.remove()
+            if bar is not None:
+                bar.close()
 
     def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
         """The instruction as the compressor reads it: SigLIP text `pooler_output` `(num_videos, guide_dim)` (the head of

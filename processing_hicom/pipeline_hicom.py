@@ -17,13 +17,14 @@ from transformers import AutoModelForImageTextToText, BatchFeature, GenerationCo
 from transformers.generation import BaseStreamer
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
-from transformers.utils import logging
+from transformers.utils import ModelOutput, logging
 
 from .video_processing_hicom import progress_bar
 
 logger = logging.get_logger(__name__)
 
 TASK = "video-text-to-text"
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 class ReturnType(enum.Enum):
@@ -82,8 +83,6 @@ class VideoTextToTextPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
-    _pipeline_calls_generate = True
-    _default_generation_config = GenerationConfig(max_new_tokens=256)
 
     def _sanitize_parameters(
         self,
@@ -324,16 +323,21 @@ class VideoTextToTextPipeline(Pipeline):
         generate_kwargs = dict(generate_kwargs or {})
         if "generation_config" not in generate_kwargs and self.model.generation_config.pad_token_id is None:
             generate_kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
-        # The pipeline's defaults (max_new_tokens=256) under the user's and the model's generation settings.
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
+        # An answer length where neither the call nor the generation config sets one: `generate()`'s own default
+        # (`max_length=20`, prompt included) would cut every answer about a video to nothing.
+        config = generate_kwargs.get("generation_config") or self.model.generation_config
+        if config.max_new_tokens is None and not {"max_new_tokens", "max_length"} & generate_kwargs.keys():
+            generate_kwargs["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         progress = self._generation_progress(generate_kwargs)
         if progress is not None:
             generate_kwargs["streamer"] = progress
         try:
-            sequences = self.model.generate(**model_inputs, **generate_kwargs)
+            generated = self.model.generate(**model_inputs, **generate_kwargs)
         finally:
             if progress is not None:
                 progress.end()
+        # A generation config with `return_dict_in_generate=True` makes `generate()` return an output object.
+        sequences = generated.sequences if isinstance(generated, ModelOutput) else generated
         return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"]}
 
     def _generation_progress(self, generate_kwargs) -> "_TokenProgress | None":
