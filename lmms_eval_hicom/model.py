@@ -128,9 +128,6 @@ class Hicom(lmms):
             model_kwargs=model_kwargs,
         )
         self.pipe.model.register_forward_pre_hook(self._log_visual_tokens, with_kwargs=True)
-        # Placeholders are input-only: the model refuses a `<video>` token without pixels, so one that generation
-        # sampled (random weights do) would fail the request on the next step.
-        self.placeholder_ids = [self.pipe.model.config.video_token_id, self.pipe.model.config.image_token_id]
         # With workers, a pipeline call prepares the next batches during generation: give each call several batches.
         self.requests_per_call = self.batch_size * max(1, 4 * self.num_workers)
 
@@ -164,7 +161,6 @@ class Hicom(lmms):
                 num_workers=self.num_workers,
                 num_frames=self.num_frames,
                 return_full_text=False,
-                suppress_tokens=self.placeholder_ids,
                 **generate_kwargs,
             )
         except INPUT_ERRORS as error:

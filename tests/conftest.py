@@ -72,6 +72,7 @@ def http_folder(tmp_path):
         thread.join()
 
 
+@pytest.fixture
 def closed_local_url() -> str:
     """An http URL on 127.0.0.1 where nothing listens: a download fails at once, as it does offline."""
     import socket

@@ -494,8 +494,7 @@ def test_pad_to_num_frames_reaches_the_video_processor(processor):
     assert chat["video_num_frames"].tolist() == [3]
 
 
-def test_image_sources(processor, http_folder):
-    from conftest import closed_local_url
+def test_image_sources(processor, http_folder, closed_local_url):
     from PIL import Image
 
     folder, base_url = http_folder
@@ -506,7 +505,7 @@ def test_image_sources(processor, http_folder):
     for source in (path.as_uri(), f"data:image/png;base64,{encoded}", f"{base_url}/image.png", encoded):
         assert torch.equal(processor(text="<image>\nWhat?", images=source)["pixel_values"], expected), source[:30]
     with pytest.raises(ConnectionError, match="could not download"):
-        processor(text="<image>\nWhat?", images=closed_local_url())
+        processor(text="<image>\nWhat?", images=closed_local_url)
     with pytest.raises(ValueError, match="could not read .* as an image") as caught:
         processor(text="<image>\nWhat?", images="data:image/png;base64," + "A" * 2_000_000)
     assert len(str(caught.value)) < 600

