@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature, SiglipTextConfig
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
@@ -619,7 +619,11 @@ class HicomProcessor(ProcessorMixin):
         siglip = {}
         if instruct_tokenizer is None:
             folder = Path(instruct_tokenizer_path)
-            instruct_tokenizer = AutoTokenizer.from_pretrained(folder)
+            # Without `config`, transformers builds the folder's SigLIP config to find the tokenizer class, and that
+            # config's CLIP-era bos/eos defaults fail its vocabulary check with two warnings on every conversion.
+            instruct_tokenizer = AutoTokenizer.from_pretrained(
+                folder, config=SiglipTextConfig(bos_token_id=None, eos_token_id=1, pad_token_id=1)
+            )
             for name in ("config.json", "preprocessor_config.json"):
                 if (folder / name).is_file():
                     siglip[name] = json.loads((folder / name).read_text())

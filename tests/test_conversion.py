@@ -501,6 +501,19 @@ def test_a_clean_load_logs_no_warnings(converted_fixture):
     assert report == {"logged": [], "warned": []}
 
 
+
+def test_conversion_logs_no_config_warnings(tmp_path):
+    """Loading the SigLIP tokenizer used to build SigLIP's default config, whose out-of-vocabulary bos/eos ids made
+    every conversion print two warnings; run in a fresh process, as warnings are printed once per process."""
+    fixture = FIXTURES / FIXTURE_NAMES[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "conversion.convert_hicom_original_to_hf", "--input", fixture / "original_checkpoint",
+         "--vision-tower", fixture / "siglip-so400m-patch14-384", "--output", tmp_path / "converted"],
+        cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "token_id must be" not in result.stderr
+
 # --- the command line: refusals in one line, a folder written whole or not at all ---------------------------------
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
