@@ -81,3 +81,13 @@ def closed_local_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/clip.mp4"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The tiny reference checkpoint converted by the real converter: a folder as it would be on the Hub."""
+    from conversion.convert_hicom_original_to_hf import convert
+
+    return convert(
+        FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384", tmp_path_factory.mktemp("hub") / "hicom"
+    )

@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conversion.convert_hicom_original_to_hf import convert
 from examples.video_qa import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return convert(
-        FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384", tmp_path_factory.mktemp("cli") / "hicom"
-    )
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,11 @@ import torch
 from transformers import TextIteratorStreamer, pipeline
 from transformers.utils import logging as hf_logging
 
-from conversion.convert_hicom_original_to_hf import convert
 from processing_hicom.pipeline_hicom import TASK, register_pipeline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
 REPO = Path(__file__).resolve().parents[1]
 GREEDY = {"max_new_tokens": 4, "do_sample": False}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The tiny reference checkpoint, converted: a folder as it would be on the Hub."""
-    return convert(
-        FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384", tmp_path_factory.mktemp("hub") / "hicom"
-    )
 
 
 @pytest.fixture(scope="module")

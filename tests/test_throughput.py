@@ -6,7 +6,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
-from test_pipeline import GREEDY, chat, model_dir, pipe  # noqa: F401  (module fixtures)
+from test_pipeline import GREEDY, chat, pipe  # noqa: F401  (module fixture)
 from test_robustness import write_video
 from torch.utils.data import Dataset
 
