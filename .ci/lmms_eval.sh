@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: the lmms-eval tests in their own venv. lmms-eval's dependencies (datasets, a CUDA torchvision, filelock...) would
-# change the project's .venv, so they go in .venv-eval; the main test run skips tests/lmms_eval.
+# change the project's .venv, so they go in .venv-eval; the main test run skips tests/eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-eval
@@ -11,4 +11,4 @@ $VENV/bin/pip install -q torch==2.13.0 -e ".[eval,test]"
 # The CUDA torchvision/torchaudio/torchcodec wheels fail to load on a CPU torch and break transformers' imports;
 # nothing here needs them (HICom decodes with PyAV).
 $VENV/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-$VENV/bin/python -m pytest -q tests/lmms_eval
+$VENV/bin/python -m pytest -q tests/eval
