@@ -55,11 +55,11 @@ def settings(quick: bool) -> dict:
         models=[
             dict(tiny, frames=16),
             # e2e's mid model cut down so that answering costs about what preparing 16 frames of these clips costs:
-            # its SigLIP-base-wide tower with one layer at 112 px, a 2-layer instruction encoder and a 2-layer
+            # its SigLIP-base-wide tower with one layer at 84 px, a 2-layer instruction encoder and a 2-layer
             # Qwen2-0.5B-wide LM (full vocabulary).
             dict(
                 mid, frames=16,
-                vision=dict(mid["vision"], num_hidden_layers=1, image_size=112),
+                vision=dict(mid["vision"], num_hidden_layers=1, image_size=84),
                 instruct=dict(mid["instruct"], num_hidden_layers=2),
                 text=dict(mid["text"], num_hidden_layers=2),
             ),

@@ -263,7 +263,7 @@ class VideoTextToTextPipeline(Pipeline):
             if "chat" in example:
                 prompt, visuals = self._render_chat(example["chat"])
             else:
-                prompt, visuals = self._render_text(example["text"], example["videos"], example["images"])
+                prompt, visuals = self._render_text(example["text"], example.get("videos"), example.get("images"))
             prompts.append(prompt)
             videos.extend(visuals["video"])
             images.extend(visuals["image"])
