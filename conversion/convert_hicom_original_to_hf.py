@@ -176,6 +176,11 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
         "local_injection": "off", "global_injection": "off",
     }
     ignored = [item for item in clip_levels if item not in ("", "local", "global")]
+    for level in ("local", "global"):
+        if level in clip_levels and level not in projector_type:
+            raise ConversionError(
+                f"`use_clip_scale` {use_clip_scale!r} names `{level}` but {projector_type!r} has no {level} level."
+            )
     if settings["use_local_level"]:
         phase = projector_type.split("local")[-1].split("global")[0]
         digits = _leading_digits(phase)
@@ -203,10 +208,6 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
             local_clip_scale="local" in clip_levels,
         )
         ignored += _ignored_words(phase, ("adapt", "guide"))
-    elif "local" in clip_levels:
-        raise ConversionError(
-            f"`use_clip_scale` {use_clip_scale!r} names `local` but {projector_type!r} has no local level."
-        )
     if "global" in projector_type:
         phase = projector_type.split("global")[-1].split("local")[0]
         digits = _leading_digits(phase)
@@ -223,10 +224,6 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
             global_clip_scale="global" in clip_levels,
         )
         ignored += _ignored_words(phase, ("adaptg", "guide"))
-    elif "global" in clip_levels:
-        raise ConversionError(
-            f"`use_clip_scale` {use_clip_scale!r} names `global` but {projector_type!r} has no global level."
-        )
     _check_instruction_form(settings, use_guide, projector_type)
     if ignored:
         logger.warning(

@@ -149,24 +149,16 @@ class Hicom(lmms):
         eval_logger.info(f"hicom: frames per video {frames}, visual tokens per request {tokens}")
 
     def _answer(self, chats: list, generate_kwargs: dict) -> list[dict]:
-        """One pipeline result per chat, or `{"error": ...}` for a chat whose inputs cannot be prepared.
-
-        The pipeline raises for the whole call when one video is missing or unreadable; the call is then repeated one
-        chat at a time, so that only the bad request goes unanswered.
-        """
-        try:
-            outputs = self.pipe(
-                text=chats,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-                num_frames=self.num_frames,
-                return_full_text=False,
-                **generate_kwargs,
-            )
-        except INPUT_ERRORS as error:
-            if len(chats) == 1:
-                return [{"error": f"{type(error).__name__}: {error}"}]
-            return [result for chat in chats for result in self._answer([chat], generate_kwargs)]
+        """One pipeline result per chat; a chat whose video cannot be prepared gets the pipeline's per-item
+        `{"error": ...}` result, and the others are still answered."""
+        outputs = self.pipe(
+            text=chats,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            num_frames=self.num_frames,
+            return_full_text=False,
+            **generate_kwargs,
+        )
         return [output[0] for output in outputs]
 
     def generate_until(self, requests) -> list[str]:

@@ -110,7 +110,7 @@ def test_a_bad_request_is_left_unanswered_and_the_others_are_answered(model_dir,
     assert "t doc 2" in errors[1] and "image block" in errors[1]
     reported = [VISUAL_TOKENS.search(line) for line in log_lines if VISUAL_TOKENS.search(line)]
     tokens = [int(n) for match in reported for n in match.group(2).split(",")]
-    # doc 0 (in a failed batch of two, then alone), doc 0 again for `alone`, and doc 3: each 4 frames of video.
+    # doc 0, doc 0 again for `alone`, and doc 3 (doc 1 is answered with an error, doc 2 has no video): 4 frames each.
     assert tokens == [lm.pipe.processor.num_video_tokens(4)] * 3
 
 
