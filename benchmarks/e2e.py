@@ -140,8 +140,8 @@ def run_model(spec: dict, path: Path) -> dict:
         state["features"] = inner.encode_frames(state["pixels"])
 
     def stage_compress():
-        guide = inner.encode_instructions(ids, mask)[0]
-        state["tokens"] = inner.compressor(*state["features"], guide)[0]
+        instruct_embeds = inner.encode_instructions(ids, mask)[0]
+        state["tokens"] = inner.compressor(*state["features"], instruct_embeds).tokens
 
     def stage_prefill():
         embeds = inner.get_input_embeddings()(input_ids)

@@ -82,8 +82,8 @@ def worker(job: dict) -> dict:
         with torch.no_grad():
             if mode == "kept_features":
                 features, embeds = model.encode_frames(pixels, chunk)
-                guide = model.encode_instructions(ids, mask)[0]
-                return model.compressor(features, embeds, guide)[0]
+                instruct_embeds = model.encode_instructions(ids, mask)[0]
+                return model.compressor(features, embeds, instruct_embeds).tokens
             return model.get_video_features(pixels, None, ids, mask, vision_batch_size=chunk).pooler_output[0]
 
     with torch.no_grad():  # warm-up on one frame: one-time allocations (thread pools, kernels) are not the run's

@@ -34,7 +34,7 @@ COMPRESSOR_MLPS = {
     "k_proj": "key_adapter.proj",
     "v_proj": "value_adapter.proj",
     "guide_injector.text2qk_proj": "injection.text2qk",
-    "guide_injector.guide_proj": "injection.guide_adapter.proj",
+    "guide_injector.guide_proj": "injection.instruct_adapter.proj",
     "guide_injector.coarse_proj": "injection.film",
 }
 MLP_LAYERS = {"0": "linear_1", "2": "linear_2"}
@@ -45,7 +45,7 @@ COMPRESSOR_MODULES = {
     "k_norm": "key_adapter.norm",
     "v_norm": "value_adapter.norm",
     "attn_layer": "attn",
-    "guide_injector.guide_norm": "injection.guide_adapter.norm",
+    "guide_injector.guide_norm": "injection.instruct_adapter.norm",
     "guide_injector.coarse_norm": "injection.norm",
     "guide_injector.fine_proj": "injection.attn",
     "guide_injector.fine_norm": "injection.norm",
@@ -55,7 +55,7 @@ COMPRESSOR_PARAMETERS = {
     "q_alpha": "query_adapter.gate",
     "k_alpha": "key_adapter.gate",
     "v_alpha": "value_adapter.gate",
-    "guide_injector.guide_alpha": "injection.guide_adapter.gate",
+    "guide_injector.guide_alpha": "injection.instruct_adapter.gate",
 }
 _LEVEL = r"^model\.mm_projector\.(local|global)_compressor\."
 # Original key -> converted key. Applied in order; the first match wins.
@@ -204,7 +204,7 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
             local_adapt_query="q" in letters and mode != "direct",
             local_adapt_key="k" in letters,
             local_adapt_value="v" in letters,
-            local_adapt_guide="g" in letters and mode != "off",
+            local_adapt_instruct="g" in letters and mode != "off",
             local_clip_scale="local" in clip_levels,
         )
         ignored += _ignored_words(phase, ("adapt", "guide"))
@@ -220,7 +220,7 @@ def parse_projector_type(projector_type: str, use_guide=None, use_clip_scale: st
         settings.update(
             num_global_queries=int(digits),
             global_injection=mode,
-            global_adapt_guide="adaptg" in phase and mode != "off",
+            global_adapt_instruct="adaptg" in phase and mode != "off",
             global_clip_scale="global" in clip_levels,
         )
         ignored += _ignored_words(phase, ("adaptg", "guide"))
@@ -430,14 +430,14 @@ def describe_variant(config: HicomConfig) -> str:
     parts = ["local: none"]
     if config.use_local_level:
         adapters = ",".join(
-            letter for letter, name in zip("qkvg", ("query", "key", "value", "guide"))
+            letter for letter, name in zip("qkvg", ("query", "key", "value", "instruct"))
             if getattr(config, f"local_adapt_{name}")
         )
         kt, ks = config.local_temporal_kernel, config.local_spatial_kernel
         injection = INJECTION_WORDS[config.local_injection]
         parts[0] = f"local: {kt}x{ks}x{ks} windows, {injection}, adapters {adapters or 'none'}"
     if config.num_global_queries:
-        adapter = "g" if config.global_adapt_guide else "none"
+        adapter = "g" if config.global_adapt_instruct else "none"
         injection = INJECTION_WORDS[config.global_injection]
         parts.append(f"global: {config.num_global_queries} queries, {injection}, adapter {adapter}")
     else:

@@ -1,15 +1,21 @@
 """HICom's hybrid-level, instruction-conditioned token compressor.
 
 For one video it turns SigLIP features `F` (values, layer -2), patch embeddings `E` (keys, in SigLIP's joint
-text-image space) and the instruction embedding `g` into `ceil(T/kt)*ceil(H/ks)*ceil(W/ks)` local tokens plus
+text-image space) and the instruction embedding `g` (`instruct_embeds`) into `ceil(T/kt)*ceil(H/ks)*ceil(W/ks)` local tokens plus
 `num_global_queries` global tokens. Every variant the authors' code can build is computed here: per level, the
 instruction injection (`off`, `direct`, `coarse`, `fine`), the gated adapters and SigLIP-style ("CLIP scale")
 attention; either level may be absent. `docs/variants.md` describes each. Every attention's softmax and dot products
 run in float32, whatever the weights' dtype, so bf16/fp16 models keep the reference's selection of patches.
+
+Every weight is used inside the `forward` of the module that owns it, so accelerate's hooks (device maps, CPU and disk
+offload) load it there. A video's frames may arrive a chunk at a time (the model compresses each chunk as soon as the
+vision tower has encoded it): each call then carries a `HicomCompressorState`. docs/architecture.md derives the maths.
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -70,8 +76,11 @@ def linear_taps(in_size: int, out_size: int) -> tuple[list[int], list[int], list
     return low, high, weight
 
 
+@functools.lru_cache(maxsize=16)
 def sincos_embedding_1d(positions: int, dim: int) -> torch.Tensor:
-    """`(positions, dim)` float32: sin on even channels, cos on odd ones, angle `pos / 10000^(2*(i//2)/dim)`."""
+    """`(positions, dim)` float32: sin on even channels, cos on odd ones, angle `pos / 10000^(2*(i//2)/dim)`.
+
+    Cached (videos mostly share their grid; callers never modify the table)."""
     channel = torch.arange(dim, dtype=torch.float32)
     inverse_frequency = 1.0 / (10000 ** (2 * torch.div(channel, 2, rounding_mode="floor") / dim))
     angle = torch.arange(positions, dtype=torch.float32)[:, None] * inverse_frequency[None, :]
@@ -142,20 +151,20 @@ class HicomAttention(nn.Module):
 
 
 class HicomInjection(nn.Module):
-    """Builds one level's queries from the instruction embedding `g`.
+    """Builds one level's queries from the instruction embedding `g` (`instruct_embeds`).
 
     `g' = adapter(text2qk(g))`, then `direct`: the query is `g'`; `coarse`: FiLM of the unconditional query,
     `LN(q0 * (1 + scale) + shift)` with `scale, shift = MLP(g')`; `fine`: `LN(q0 + MHA(q0, g', g'))`, `g` one row per
     instruction token; `off`: the unconditional query alone (then `g` is not needed).
     """
 
-    def __init__(self, mode: str, guide_dim: int, dim: int, adapt_guide: bool, hidden_act: str, num_heads: int):
+    def __init__(self, mode: str, instruct_dim: int, dim: int, adapt_instruct: bool, hidden_act: str, num_heads: int):
         super().__init__()
         self.mode = mode
         if mode == "off":
             return
-        self.text2qk = HicomMLP(guide_dim, dim, dim, hidden_act) if guide_dim != dim else nn.Identity()
-        self.guide_adapter = _mlp_adapter(adapt_guide, dim, hidden_act)
+        self.text2qk = HicomMLP(instruct_dim, dim, dim, hidden_act) if instruct_dim != dim else nn.Identity()
+        self.instruct_adapter = _mlp_adapter(adapt_instruct, dim, hidden_act)
         if mode == "coarse":
             self.film = HicomMLP(dim, 2 * dim, 2 * dim, hidden_act)
             self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -167,67 +176,139 @@ class HicomInjection(nn.Module):
     def needs_base_query(self) -> bool:
         return self.mode != "direct"
 
-    def forward(self, guide: torch.Tensor | None, base_query: torch.Tensor | None) -> torch.Tensor:
-        """`guide`: `(guide_dim,)`, or `(tokens, guide_dim)` for fine; `base_query (..., dim)` -> queries `(..., dim)`
-        (`(1, dim)` for direct)."""
+    def forward(self, instruct_embeds: torch.Tensor | None, base_query: torch.Tensor | None) -> torch.Tensor:
+        """`instruct_embeds`: `(instruct_dim,)`, or `(tokens, instruct_dim)` for fine; `base_query (..., dim)` ->
+        queries `(..., dim)` (`(1, dim)` for direct)."""
         if self.mode == "off":
             return base_query
-        if guide is None:
+        if instruct_embeds is None:
             raise ValueError(
                 f"The `{self.mode}` instruction injection needs the instruction: pass `instruct_input_ids` "
                 "(the processor returns them)."
             )
         expected = 2 if self.mode == "fine" else 1
-        if guide.ndim != expected:
+        if instruct_embeds.ndim != expected:
             form = "one row per instruction token" if self.mode == "fine" else "the pooled instruction embedding"
             raise ValueError(
-                f"`{self.mode}` injection needs {form}: a {expected}-D `guide`, got shape {tuple(guide.shape)}."
+                f"`{self.mode}` injection needs {form}: a {expected}-D `instruct_embeds`, got shape "
+                f"{tuple(instruct_embeds.shape)}."
             )
-        guide = self.guide_adapter(self.text2qk(guide))
+        instruct = self.instruct_adapter(self.text2qk(instruct_embeds))
         if self.mode == "direct":
-            return guide[None]
+            return instruct[None]
         if self.mode == "coarse":
-            scale, shift = self.film(guide).chunk(2, dim=-1)
+            scale, shift = self.film(instruct).chunk(2, dim=-1)
             return self.norm(base_query * (1 + scale) + shift)
         # Every query attends over all instruction rows, padding included: the reference passes no mask.
-        attended = self.attn(base_query.reshape(-1, base_query.shape[-1]), guide).view_as(base_query)
+        attended = self.attn(base_query.reshape(-1, base_query.shape[-1]), instruct).view_as(base_query)
         return self.norm(base_query + attended)
 
 
-@dataclass
-class LevelOutput:
-    """One level's tokens `(N, C)` and its attention weights (see `HicomCompressor.forward`)."""
+def float32_scores(rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Dot products `rows (N, D) @ queries (M, D).T -> (N, M)` in float32. Half-precision rows are converted a block
+    of `FLOAT32_ROWS` at a time, so no float32 copy of a whole clip's features exists."""
+    queries = queries.float().T
+    if rows.dtype == torch.float32:
+        return rows @ queries
+    return torch.cat([block.float() @ queries for block in rows.split(FLOAT32_ROWS)])
+
+
+def float32_weighted_sum(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`weights (N, M).T @ rows (N, D) -> (M, D)` in float32: per column of weights, the weighted sum of the rows."""
+    if rows.dtype == torch.float32:
+        return weights.T @ rows
+    return sum(part.T @ block.float() for part, block in zip(weights.split(FLOAT32_ROWS), rows.split(FLOAT32_ROWS)))
+
+
+# Half-precision rows converted to float32 at once (see `float32_scores`): bounds scratch memory, not results.
+FLOAT32_ROWS = 512
+
+
+class CompressorOutput(NamedTuple):
+    """One video's compressed tokens `(N, C)` (local tokens in `(t, h, w)` order, then global tokens) and, when asked
+    for, the local weights `(T', H', W', window)` of each cell over its window (positions from `window_index`) and the
+    global weights `(heads, num_global_queries, T*H*W)`; None for an absent level."""
 
     tokens: torch.Tensor
-    attentions: torch.Tensor | None = None
+    local_attentions: torch.Tensor | None = None
+    global_attentions: torch.Tensor | None = None
 
 
 @dataclass
 class LocalPlan:
-    """Where one video's local cells read: `index (T', H', W', window)` flat positions into the `T*H*W` grid, and for
-    each temporal cell the frames `[first_frame[t], end_frame[t])` it needs (its window, and with a non-direct
-    injection also the two frames its trilinear query interpolates); `taps` are `linear_taps(T, T')`."""
+    """Where one video's local cells read, from its `(T, H, W)` grid alone.
 
+    Temporal cell `t` covers frames `window_start[t] ... + window_size`; `bias (H*W, H'*W')` is 0 where a patch lies
+    in a spatial cell's window and -inf elsewhere (added to the scores, it limits each cell's softmax to its window);
+    `index (T', H', W', window)` holds every window's flat positions in the `T*H*W` grid (the layout of the weights
+    returned). Cell `t` is computed once frames `[first_frame[t], end_frame[t])` have arrived: its window and, with a
+    non-direct injection, the two frames its trilinear query interpolates (`taps = linear_taps(T, T')`).
+    """
+
+    window_start: list[int]
+    window_size: int
+    bias: torch.Tensor
     index: torch.Tensor
     first_frame: list[int]
     end_frame: list[int]
     taps: tuple[list[int], list[int], list[float]]
 
+    @property
+    def cells_per_frame_group(self) -> int:
+        """Local tokens per temporal cell, `H' * W'`."""
+        return self.bias.shape[1]
+
+
+@functools.lru_cache(maxsize=16)
+def local_plan(
+    num_frames: int, height: int, width: int, temporal_kernel: int, spatial_kernel: int, reads_taps: bool
+) -> LocalPlan:
+    """The `LocalPlan` of a `(T, H, W)` grid; `reads_taps`: cells also read their trilinear query's frames. Cached
+    (videos mostly share their grid; the plan is never modified)."""
+    temporal_kernel = 1 if num_frames == 1 else temporal_kernel
+    starts, size = window_starts(num_frames, temporal_kernel)
+    inside = []  # per spatial axis, (length, cells): whether a position lies in a cell's window
+    for length in (height, width):
+        axis_starts, axis_size = window_starts(length, spatial_kernel)
+        offset = torch.arange(length)[:, None] - torch.tensor(axis_starts)[None, :]
+        inside.append((offset >= 0) & (offset < axis_size))
+    inside = (inside[0][:, None, :, None] & inside[1][None, :, None, :]).flatten(2).flatten(0, 1)
+    bias = torch.zeros(inside.shape).masked_fill(~inside, float("-inf"))
+    taps = linear_taps(num_frames, len(starts))
+    first, end = list(starts), [s + size for s in starts]
+    if reads_taps:
+        first = [min(f, t) for f, t in zip(first, taps[0])]
+        end = [max(e, t + 1) for e, t in zip(end, taps[1])]
+    index = window_index(num_frames, height, width, temporal_kernel, spatial_kernel)
+    return LocalPlan(list(starts), size, bias, index, first, end, taps)
+
+
+@dataclass
+class LocalLevelState:
+    """The local level's progress through a video: the next temporal cell to compute, the frames pending cells
+    still read (`buffer = (features, patch_embeds)`, from frame `buffer_start`), where the tokens go."""
+
+    plan: LocalPlan
+    tokens: torch.Tensor
+    next_cell: int = 0
+    buffer_start: int = 0
+    buffer: tuple[torch.Tensor, torch.Tensor] | None = None
+    attentions: list = field(default_factory=list)
+
 
 class HicomLocalCompressor(nn.Module):
     """One token per space-time window: the instruction-conditioned query attends over its window's patches."""
 
-    # Cells attended / read out at once: bound scratch memory (and keep gathers cache-sized), not results.
-    attention_block = 128
+    # Tokens read out (MLP to the LLM width) at once: bounds the readout's activations, not results.
     readout_block = 256
 
-    def __init__(self, config, guide_dim: int):
+    def __init__(self, config, instruct_dim: int):
         super().__init__()
         dim, act = config.vision_config.hidden_size, config.projector_hidden_act
         self.temporal_kernel = config.local_temporal_kernel
         self.spatial_kernel = config.local_spatial_kernel
         self.injection = HicomInjection(
-            config.local_injection, guide_dim, dim, config.local_adapt_guide, act, config.num_global_heads
+            config.local_injection, instruct_dim, dim, config.local_adapt_instruct, act, config.num_global_heads
         )
         self.query_adapter = (
             HicomAdapter(nn.Linear(dim, dim, bias=False), dim) if config.local_adapt_query else nn.Identity()
@@ -235,7 +316,7 @@ class HicomLocalCompressor(nn.Module):
         self.key_adapter = _mlp_adapter(config.local_adapt_key, dim, act)
         self.value_adapter = _mlp_adapter(config.local_adapt_value, dim, act)
         # The reference keys on the patch embeddings only when it encodes an instruction; otherwise on the features.
-        self.keys_are_patch_embeds = config.instruction_embedding != "none"
+        self.keys_are_patch_embeds = config.instruct_embedding != "none"
         self.clip_scale = config.local_clip_scale
         if self.clip_scale:
             self.logit_scale = nn.Parameter(torch.zeros(1))
@@ -243,227 +324,242 @@ class HicomLocalCompressor(nn.Module):
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
     def plan(self, num_frames: int, height: int, width: int) -> LocalPlan:
-        temporal_kernel = 1 if num_frames == 1 else self.temporal_kernel
-        index = window_index(num_frames, height, width, temporal_kernel, self.spatial_kernel)
-        starts, size = window_starts(num_frames, temporal_kernel)
-        taps = linear_taps(num_frames, len(starts))
-        first, end = list(starts), [s + size for s in starts]
-        if self.injection.needs_base_query:
-            first = [min(f, t) for f, t in zip(first, taps[0])]
-            end = [max(e, t + 1) for e, t in zip(end, taps[1])]
-        return LocalPlan(index, first, end, taps)
+        return local_plan(
+            num_frames, height, width, self.temporal_kernel, self.spatial_kernel, self.injection.needs_base_query
+        )
 
-    def forward(self, features, patch_embeds, guide, output_attentions=False) -> LevelOutput:
-        plan = self.plan(*features.shape[:3])
-        return self.compress_cells(plan, 0, len(plan.first_frame), features, patch_embeds, 0, guide, output_attentions)
+    def forward(self, features, patch_embeds, instruct_embeds, state: LocalLevelState, output_attentions=False):
+        """Add the video's next frames, `features` and `patch_embeds` `(n, H, W, D)`, and write the tokens of every
+        temporal cell whose frames have now all arrived into `state.tokens`."""
+        plan = state.plan
+        if state.buffer is not None:
+            features = torch.cat([state.buffer[0], features])
+            patch_embeds = torch.cat([state.buffer[1], patch_embeds])
+        frames_seen = state.buffer_start + features.shape[0]
+        ready = state.next_cell
+        while ready < len(plan.end_frame) and plan.end_frame[ready] <= frames_seen:
+            ready += 1
+        if ready > state.next_cell:
+            cells = range(state.next_cell, ready)
+            pooled = self.attend(features, patch_embeds, instruct_embeds, plan, cells, state, output_attentions)
+            first = state.next_cell * plan.cells_per_frame_group
+            for start in range(0, pooled.shape[0], self.readout_block):
+                block = pooled[start : start + self.readout_block]
+                state.tokens[first + start : first + start + block.shape[0]] = self.readout(block)
+            state.next_cell = ready
+        # Keep only the frames a pending cell reads, copied so that the chunk they came from can be freed.
+        keep = plan.first_frame[ready] if ready < len(plan.first_frame) else frames_seen
+        state.buffer = None
+        if keep < frames_seen:
+            offset = keep - state.buffer_start
+            state.buffer = (features[offset:].clone(), patch_embeds[offset:].clone())
+        state.buffer_start = keep
 
-    def compress_cells(
-        self, plan, first_cell, end_cell, features, patch_embeds, frame_offset, guide, output_attentions=False, out=None
-    ) -> LevelOutput:
-        """Tokens of temporal cells `[first_cell, end_cell)` from `features`/`patch_embeds` `(n, H, W, D)`, which
-        hold frames `frame_offset ...` of the video (at least every frame those cells need, see `LocalPlan`).
-        `out`, if given, is the `(cells, C)` tensor the tokens are written to (and returned as)."""
-        _, height, width, dim = features.shape
+    def attend(self, features, patch_embeds, instruct_embeds, plan, cells, state, output_attentions):
+        """Attention-pooled values `(len(cells) * H' * W', D)` of temporal cells `cells`, from the frames
+        `state.buffer_start ...` of the video in `features`, `patch_embeds`.
+
+        One temporal cell at a time, all its spatial cells at once: every patch of the cell's frames is scored against
+        every spatial cell's query in one product, the window bias leaves each cell only its own patches, a softmax
+        over positions gives the weights and one more product the weighted sums of values. The products also run over
+        the patches outside each window (at zero weight): more arithmetic than a per-window gather, but a few large
+        operations per temporal cell, with no copy of the patches.
+        """
+        dim = features.shape[-1]
         keys = patch_embeds if self.keys_are_patch_embeds else features
-        if self.clip_scale and self.keys_are_patch_embeds:
+        if self.clip_scale and self.keys_are_patch_embeds and instruct_embeds is not None:
             # SigLIP's similarity is between unit vectors: the reference normalizes E and g before anything else.
-            keys = _l2_normalize(keys)
-            guide = _l2_normalize(guide) if guide is not None else None
-        index = plan.index[first_cell:end_cell].to(features.device) - frame_offset * height * width
-        grid = plan.index.shape[1:3]
+            instruct_embeds = _l2_normalize(instruct_embeds)
+        queries = self.cell_queries(features, instruct_embeds, plan, cells, state.buffer_start)
+        bias = plan.bias.to(features.device)
+        per_cell = plan.cells_per_frame_group
+        pooled = features.new_empty(len(cells) * per_cell, dim)
+        for i, cell in enumerate(cells):
+            start = plan.window_start[cell] - state.buffer_start
+            window_keys = keys[start : start + plan.window_size]
+            if self.clip_scale and self.keys_are_patch_embeds:
+                window_keys = _l2_normalize(window_keys)
+            window_keys = self.key_adapter(window_keys).flatten(0, 2)
+            window_values = self.value_adapter(features[start : start + plan.window_size]).flatten(0, 2)
+            cell_queries = queries[0] if queries.shape[0] == 1 else queries[i]
+            logits = self.scale_scores(float32_scores(window_keys, cell_queries), dim)
+            weights = (logits.view(plan.window_size, bias.shape[0], -1) + bias).flatten(0, 1).softmax(dim=0)
+            pooled[i * per_cell : (i + 1) * per_cell] = float32_weighted_sum(weights, window_values)
+            if output_attentions:
+                # Each cell's weights at its window's positions, in `plan.index` order.
+                index = plan.index[cell].flatten(0, 1).to(weights.device) - plan.window_start[cell] * bias.shape[0]
+                state.attentions.append(weights.T.gather(1, index).view(1, *plan.index.shape[1:]))
+        return pooled
 
+    def cell_queries(self, features, instruct_embeds, plan, cells, frame_offset) -> torch.Tensor:
+        """Queries `(1, 1, D)` (direct injection: the same for every cell) or `(len(cells), H' * W', D)`."""
         base_query = None
         if self.injection.needs_base_query:
             # Trilinear downsampling of the features gives each cell an unconditional query: linear along time over
             # the two frames it reads, then bilinear in space (separable, as `interpolate(mode="trilinear")`).
-            low, high, weight = (taps[first_cell:end_cell] for taps in plan.taps)
+            low, high, weight = (taps[cells.start : cells.stop] for taps in plan.taps)
             weight = torch.tensor(weight, dtype=torch.float32, device=features.device)[:, None, None, None]
             low = torch.tensor(low, device=features.device) - frame_offset
             high = torch.tensor(high, device=features.device) - frame_offset
             frames = (1 - weight) * features[low].float() + weight * features[high].float()
             base_query = nn.functional.interpolate(
-                frames.permute(0, 3, 1, 2), size=grid, mode="bilinear", align_corners=False
+                frames.permute(0, 3, 1, 2), size=plan.index.shape[1:3], mode="bilinear", align_corners=False
             ).permute(0, 2, 3, 1)
             base_query = self.query_adapter(base_query.to(features.dtype))
-        query = self.injection(guide, base_query).float()  # (1, dim) or (cells, H', W', dim)
+        queries = self.injection(instruct_embeds, base_query)
+        return queries[None] if queries.ndim == 2 else queries.flatten(1, 2)
 
-        keys = self.key_adapter(keys).flatten(0, 2)
-        values = self.value_adapter(features).flatten(0, 2)
-        cell_grid = index.shape[:3]
-        index, query = index.flatten(0, 2), query.flatten(0, -2)
-        # Cells go through in blocks, which bound the scratch memory (the readout MLP's activations are the largest
-        # tensors); within a block, gather one window offset at a time for a cache-sized sub-block of cells:
-        # vectorized over windows, and never a (cells, window, dim) copy.
-        tokens, weights = out, []
-        for start in range(0, index.shape[0], self.readout_block):
-            block = index[start : start + self.readout_block]
-            block_query = query if query.shape[0] == 1 else query[start : start + self.readout_block]
-            pooled = torch.empty(block.shape[0], dim, device=features.device)
-            for sub in range(0, block.shape[0], self.attention_block):
-                cells = block[sub : sub + self.attention_block]
-                cell_query = block_query if block_query.shape[0] == 1 else block_query[sub : sub + cells.shape[0]]
-                scores = torch.stack(
-                    [(keys[cells[:, k]].float() * cell_query).sum(-1) for k in range(cells.shape[-1])], dim=-1
-                )
-                cell_weights = self.scale_scores(scores).softmax(dim=-1)
-                pooled[sub : sub + cells.shape[0]] = sum(
-                    cell_weights[:, k, None] * values[cells[:, k]].float() for k in range(cells.shape[-1])
-                )
-                if output_attentions:
-                    weights.append(cell_weights)
-            pooled = pooled.to(features.dtype)  # frees the float32 copy before the readout's activations exist
-            block_tokens = self.readout(pooled)
-            del pooled
-            if tokens is None and block.shape[0] == index.shape[0]:
-                tokens = block_tokens
-            else:
-                if tokens is None:
-                    tokens = block_tokens.new_empty(index.shape[0], block_tokens.shape[-1])
-                tokens[start : start + block.shape[0]] = block_tokens
-        weights = torch.cat(weights).view(*cell_grid, -1) if output_attentions else None
-        return LevelOutput(tokens, weights)
-
-    def scale_scores(self, scores: torch.Tensor) -> torch.Tensor:
+    def scale_scores(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         """float32 dot products -> logits: `/ sqrt(D)`, or SigLIP's learned temperature and bias with CLIP scale."""
         if self.clip_scale:
             return scores * self.logit_scale.float().exp() + self.logit_bias.float()
-        return scores / math.sqrt(self.readout.linear_1.in_features)
+        return scores / math.sqrt(dim)
+
+
+class HicomKeyProjection(nn.Linear):
+    """The global attention's key projection `W_k x + b_k`. With `transposed=True` it maps back through `W_k^T`
+    instead (in float32, no bias): the reassociated attention scores positions with `W_k^T q` (see
+    `HicomGlobalAttention`)."""
+
+    def forward(self, hidden_states: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+        if transposed:
+            return hidden_states.float() @ self.weight.float()
+        return super().forward(hidden_states)
 
 
 @dataclass
 class GlobalAttentionState:
-    """Running state of `HicomGlobalAttention` over a clip whose frames arrive a chunk at a time (online softmax).
+    """`HicomGlobalAttention`'s running state over a clip whose frames arrive a chunk at a time (online softmax).
 
-    `u (Q*heads, D)`: the reassociated, pre-scaled key projection of each (query, head); `position_scores`: per axis,
-    `table @ u.T` (with CLIP scale: `u (Q, heads, head_dim)` the normalized, scaled projected queries, and no position
-    scores). With `peak` the largest score so far, `total`, `pooled`, `rows`, `columns` are the sums of
-    `exp(score - peak)` (over all positions, against the features, per row, per column); `frames` holds per-frame sums
-    with the peak they were taken against. `scores` keeps every score only when the weights are asked for.
+    `tables`: the per-axis sin-cos position tables `(T|H|W, D)`. `u (Q*heads, D)`: each (query, head)'s pre-scaled
+    `W_k^T q` (with CLIP scale: `(Q, heads, head_dim)`, the normalized, scaled projected queries);
+    `position_scores`: per axis, `table @ u.T`. With `peak` the largest score so far, `rows`, `columns`, `pooled` are
+    sums of `exp(score - peak)` per row / per column / times the features; `frames` holds per-frame sums, each with
+    the peak it was taken against. `scores` keeps every score when the weights are asked for.
     """
 
-    u: torch.Tensor
-    tables: list
-    position_scores: list | None
+    num_frames: int
+    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     scores: list | None
     frames_seen: int = 0
+    u: torch.Tensor | None = None
+    position_scores: tuple | None = None
     peak: torch.Tensor | None = None
-    total: torch.Tensor | None = None
-    pooled: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     columns: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
     frames: list = field(default_factory=list)
 
 
-class HicomGlobalAttention(HicomAttention):
-    """`HicomAttention` of the global queries over every position of the clip, keys and values `F + P`.
+class HicomGlobalAttention(nn.Module):
+    """Multi-head attention of the global queries over every position of the clip (keys and values `F + P`, `P` the
+    3D sin-cos positions), with `HicomAttention`'s weights and maths, computed in an exactly reassociated form.
 
-    Computed in an exactly reassociated form: with few queries, projecting all `T*H*W` positions with `W_k` and `W_v`
-    dominates the cost, so positions are scored with `W_k^T q` (the key bias adds a per-query constant that softmax
-    ignores) and `W_v` is applied once to the attention-weighted sum of positions (the weights sum to 1). The softmax
-    is accumulated chunk by chunk (`begin` / `update` / `finish`), so the clip's features need not be kept.
+    With few queries, projecting all `T*H*W` positions by `W_k` and `W_v` would dominate the cost; instead positions
+    are scored with `W_k^T q` (the key bias adds a per-query constant, which softmax ignores), `P` enters through
+    per-axis tables (`P[t, h, w] = pt[t] + ph[h] + pw[w]` is never built), and `W_v` is applied once to the
+    attention-weighted sum of positions (the weights sum to 1). The softmax is accumulated chunk by chunk, so the
+    clip's features need not be kept.
 
     With CLIP scale (SigLIP-style attention) the projected queries and keys are L2-normalized over the full width and
-    scores are `q_h . k_h * exp(logit_scale) + logit_bias`. A key's normalization follows its projection, so scores
-    cannot be reassociated: each position's key is projected (the plain path). The value side stays reassociated,
-    which is exact for any weights summing to 1.
+    scores are `q_h . k_h * exp(logit_scale) + logit_bias`; a key's normalization follows its projection, so each
+    position's key is projected (scores are not reassociated); the value side still is.
     """
 
-    # Positions converted to float32 at once (whole frames per step, frames cut into pieces of this many positions):
-    # bounds the scratch memory of half-precision models, not the results.
-    position_block = 256
+    # Scores (positions x query heads, or positions x width with CLIP scale) computed at once: bounds scratch memory.
+    score_block = 2**19
 
     def __init__(self, dim: int, num_heads: int, clip_scale: bool = False):
-        super().__init__(dim, num_heads)
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = HicomKeyProjection(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
         self.clip_scale = clip_scale
         if clip_scale:
             self.logit_scale = nn.Parameter(torch.zeros(1))
             self.logit_bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, queries, features, position_embeds, output_attentions=False):
-        """`queries (Q, D)`, `features (T, H, W, D)`, `position_embeds`: per-axis sin-cos tables `(T|H|W, D)`.
+    def new_state(self, grid, device, output_attentions=False) -> GlobalAttentionState:
+        """An empty state for a clip of `grid = (T, H, W)` positions."""
+        dim = self.num_heads * self.head_dim
+        tables = tuple(sincos_embedding_1d(n, dim).to(device) for n in grid)
+        return GlobalAttentionState(grid[0], tables, [] if output_attentions else None)
 
-        Keys/values are `features + P` with `P[t, h, w] = pt[t] + ph[h] + pw[w]`; `P` is never materialized.
-        Returns `(Q, D)` and, if asked, the weights `(heads, Q, T*H*W)`.
-        """
-        state = self.begin(queries, position_embeds, output_attentions)
-        self.update(state, features)
-        return self.finish(state, queries)
+    def forward(self, queries: torch.Tensor, features: torch.Tensor, state: GlobalAttentionState):
+        """Add the clip's next frames `features (n, H, W, D)` to `state`. Once every frame has arrived, returns the
+        attended values `(Q, D)` for `queries (Q, D)` and, if the state keeps scores, the weights `(heads, Q, T*H*W)`;
+        before that, None."""
+        if state.u is None:
+            self.score_queries(queries, state)
+        height, width = features.shape[1:3]
+        # Per position, a score for each (query, head); with CLIP scale also its projected key (the width).
+        per_position = features.shape[-1] if self.clip_scale else state.u.shape[0]
+        for block in features.split(max(1, self.score_block // (height * width * per_position))):
+            self.accumulate(block, state)
+        if state.frames_seen < state.num_frames:
+            return None
+        return self.attended(queries, state)
 
-    def begin(self, queries, position_embeds, output_attentions=False) -> GlobalAttentionState:
-        num_queries, dim = queries.shape
-        heads, head_dim = self.num_heads, self.head_dim
-        tables = [table.to(queries.device) for table in position_embeds]
-        scores = [] if output_attentions else None
+    def score_queries(self, queries: torch.Tensor, state: GlobalAttentionState) -> None:
+        num_queries = queries.shape[0]
+        q = self.q_proj(queries).float()
         if self.clip_scale:
-            q = _l2_normalize(self.q_proj(queries).float()) * self.logit_scale.float().exp()
-            return GlobalAttentionState(q.view(num_queries, heads, head_dim), tables, None, scores)
-        q = self.q_proj(queries).float().view(num_queries, heads, head_dim)
-        k_weight = self.k_proj.weight.view(heads, head_dim, dim)
-        # u[q, h] = W_k,h^T q_h: a position's score is its feature row dotted with u. (One head's weights in float32
-        # at a time: no float32 copy of the whole matrix for half-precision models.)
-        u = torch.stack([q[:, h] @ k_weight[h].float() for h in range(heads)], dim=1)
-        u = u.reshape(num_queries * heads, dim) * head_dim**-0.5
-        return GlobalAttentionState(u, tables, [t @ u.T for t in tables], scores)
+            q = _l2_normalize(q) * self.logit_scale.float().exp()
+            state.u = q.view(num_queries, self.num_heads, self.head_dim)
+            return
+        # Row (q, h) holds q_h in head h's slots and zeros elsewhere: through W_k^T it becomes W_k,h^T q_h.
+        eye = torch.eye(self.num_heads, device=q.device)
+        per_head = q.view(num_queries, 1, self.num_heads, self.head_dim) * eye[None, :, :, None]
+        u = self.k_proj(per_head.flatten(2).flatten(0, 1), transposed=True) * self.head_dim**-0.5
+        state.u = u
+        state.position_scores = tuple(table @ u.T for table in state.tables)
 
-    def update(self, state: GlobalAttentionState, features: torch.Tensor) -> None:
-        """Add the next frames `features (n, H, W, D)` of the clip."""
-        _, height, width, dim = features.shape
-        for block in features.split(max(1, self.position_block // (height * width))):
-            first, count = state.frames_seen, block.shape[0]
-            state.frames_seen += count
-            pieces = block.reshape(-1, dim).split(self.position_block)  # views: `.float()` copies one piece at a time
-            if self.clip_scale:
-                scores = self.normalized_scores(state, block, first)
-            else:
-                pt, ph, pw = state.position_scores
-                scores = torch.cat([piece.float() @ state.u.T for piece in pieces]).view(count, height, width, -1)
-                scores = scores + pt[first : first + count, None, None] + ph[None, :, None] + pw[None, None, :]
-            if state.scores is not None:
-                state.scores.append(scores.flatten(0, 2))
-            peak = scores.flatten(0, 2).max(dim=0).values  # (Q*heads,)
-            if state.peak is not None:
-                peak = torch.maximum(peak, state.peak)
-            numerators = (scores - peak).exp()
-            state.frames.append((peak, numerators.sum((1, 2))))
-            weights = numerators.flatten(0, 2).split(self.position_block)
-            # Every sum keeps (query, head) last: total (Qh,), pooled (D, Qh), rows (H, Qh), columns (W, Qh).
-            parts = (
-                numerators.sum((0, 1, 2)),
-                sum(part.T @ piece.float() for part, piece in zip(weights, pieces)).T,
-                numerators.sum((0, 2)),
-                numerators.sum((0, 1)),
-            )
-            if state.peak is not None:
-                rescale = (state.peak - peak).exp()  # earlier sums were taken against the older, smaller peak
-                previous = (state.total, state.pooled, state.rows, state.columns)
-                parts = tuple(part + old * rescale for part, old in zip(parts, previous))
-            state.peak = peak
-            state.total, state.pooled, state.rows, state.columns = parts
-            del pieces, scores, numerators, weights  # before the next block's are made
+    def accumulate(self, block: torch.Tensor, state: GlobalAttentionState) -> None:
+        """Add frames `block (n, H, W, D)`: their scores, and the sums `attended` needs, against a running peak."""
+        first, (count, height, width, dim) = state.frames_seen, block.shape
+        state.frames_seen += count
+        rows = block.flatten(0, 2)
+        if self.clip_scale:
+            table_t, table_h, table_w = state.tables
+            positions = table_t[first : first + count, None, None] + table_h[None, :, None] + table_w[None, None, :]
+            keys = _l2_normalize(self.k_proj((block.float() + positions).to(block.dtype)).float())
+            scores = torch.einsum("pnd,qnd->pqn", keys.view(-1, self.num_heads, self.head_dim), state.u)
+            scores = scores.flatten(1).view(count, height, width, -1) + self.logit_bias.float()
+        else:
+            position_t, position_h, position_w = state.position_scores
+            scores = float32_scores(rows, state.u).view(count, height, width, -1)
+            scores = scores + position_t[first : first + count, None, None] + position_h[:, None] + position_w
+        if state.scores is not None:
+            state.scores.append(scores.flatten(0, 2))
+        peak = scores.flatten(0, 2).amax(dim=0)  # (Q*heads,)
+        if state.peak is not None:
+            peak = torch.maximum(peak, state.peak)
+        numerators = (scores - peak).exp()
+        state.frames.append((peak, numerators.sum((1, 2))))
+        # Every sum keeps (query, head) last: rows (H, Qh), columns (W, Qh), pooled features (D, Qh).
+        sums = (
+            numerators.sum((0, 2)), numerators.sum((0, 1)), float32_weighted_sum(numerators.flatten(0, 2), rows).T
+        )
+        if state.peak is not None:
+            rescale = (state.peak - peak).exp()  # earlier sums were taken against the older, smaller peak
+            sums = tuple(new + old * rescale for new, old in zip(sums, (state.rows, state.columns, state.pooled)))
+        state.rows, state.columns, state.pooled = sums
+        state.peak = peak
 
-    def normalized_scores(self, state: GlobalAttentionState, block: torch.Tensor, first: int) -> torch.Tensor:
-        """CLIP-scale scores `(n, H, W, Q*heads)` of frames `first ... first + n` (`block (n, H, W, D)`), plainly:
-        keys `normalize(W_k (F + P) + b_k)` per position, against the normalized, scaled queries in `state.u`."""
-        table_t, table_h, table_w = state.tables
-        count = block.shape[0]
-        positions = table_t[first : first + count, None, None] + table_h[None, :, None] + table_w[None, None, :]
-        keys = _l2_normalize(self.k_proj((block.float() + positions).to(block.dtype)).float())
-        keys = keys.unflatten(-1, (self.num_heads, self.head_dim))
-        scores = torch.einsum("thwnd,qnd->thwqn", keys, state.u).flatten(-2)
-        return scores + self.logit_bias.float()
-
-    def finish(self, state: GlobalAttentionState, queries: torch.Tensor):
-        """`(Q, D)` attended values and, if `begin` was asked for them, the weights `(heads, Q, T*H*W)`."""
+    def attended(self, queries: torch.Tensor, state: GlobalAttentionState):
         num_queries, dim = queries.shape
         table_t, table_h, table_w = state.tables
         frames = torch.cat([per_frame * (peak - state.peak).exp() for peak, per_frame in state.frames])
         # Positions: sum_p w_p P_p = sum_t (sum_hw w) pt[t] + sum_h (...) ph[h] + sum_w (...) pw[w].
         pooled = state.pooled.T + frames.T @ table_t + state.rows.T @ table_h + state.columns.T @ table_w
-        pooled = (pooled / state.total[:, None]).view(num_queries, self.num_heads, dim)
-        v_weight = self.v_proj.weight.view(self.num_heads, self.head_dim, dim)
-        attended = torch.stack([pooled[:, h] @ v_weight[h].float().T for h in range(self.num_heads)], dim=1)
-        attended = attended.reshape(num_queries, dim) + self.v_proj.bias.float()
-        output = self.out_proj(attended.to(queries.dtype))
+        pooled = pooled / frames.sum(0)[:, None]  # (Q*heads, D): each (query, head)'s weighted mean of F + P
+        # W_v on every (query, head) row gives all heads' values; head h's row keeps head h's.
+        values = self.v_proj(pooled.view(num_queries, self.num_heads, dim).to(queries.dtype))
+        values = values.view(num_queries, self.num_heads, self.num_heads, self.head_dim).diagonal(dim1=1, dim2=2)
+        output = self.out_proj(values.transpose(1, 2).reshape(num_queries, dim))
         attentions = None
         if state.scores is not None:
             weights = torch.cat(state.scores).softmax(dim=0)  # (T*H*W, Q*heads)
@@ -471,41 +567,57 @@ class HicomGlobalAttention(HicomAttention):
         return output, attentions
 
 
+@dataclass
+class GlobalLevelState:
+    """The global level's progress: its queries (from the first chunk on) and its attention's state."""
+
+    attention: GlobalAttentionState
+    queries: torch.Tensor | None = None
+
+
 class HicomGlobalCompressor(nn.Module):
     """`num_global_queries` tokens that attend over the whole clip (with 3D sin-cos positions)."""
 
-    def __init__(self, config, guide_dim: int):
+    def __init__(self, config, instruct_dim: int):
         super().__init__()
         dim, act = config.vision_config.hidden_size, config.projector_hidden_act
         self.num_queries = config.num_global_queries
         self.query = nn.Parameter(torch.zeros(config.num_global_queries, dim))
         self.injection = HicomInjection(
-            config.global_injection, guide_dim, dim, config.global_adapt_guide, act, config.num_global_heads
+            config.global_injection, instruct_dim, dim, config.global_adapt_instruct, act, config.num_global_heads
         )
         self.attn = HicomGlobalAttention(dim, config.num_global_heads, clip_scale=config.global_clip_scale)
         self.readout = HicomMLP(dim, config.text_config.hidden_size, config.text_config.hidden_size, act)
 
-    def forward(self, features, guide, output_attentions=False) -> LevelOutput:
-        queries, state = self.begin(features.shape[:3], guide, features.dtype, output_attentions)
-        self.attn.update(state, features)
-        return self.finish(queries, state)
-
-    def begin(self, grid, guide, dtype, output_attentions=False):
-        """Queries and the attention's running state for a `(T, H, W)` clip; feed frames with `self.attn.update`."""
-        dim = self.query.shape[-1]
-        base_query = self.query if self.injection.needs_base_query else None
-        # Direct injection gives every global query the same vector: compute one and repeat it.
-        queries = self.injection(guide, base_query).to(dtype)
-        tables = [sincos_embedding_1d(n, dim) for n in grid]
-        return queries, self.attn.begin(queries, tables, output_attentions)
-
-    def finish(self, queries, state) -> LevelOutput:
-        attended, attentions = self.attn.finish(state, queries)
-        tokens = self.readout(queries + attended)
+    def forward(self, features, instruct_embeds, state: GlobalLevelState):
+        """Add the clip's next frames `features (n, H, W, D)`; once all have arrived, returns the tokens
+        `(num_global_queries, C)` and the attention weights (or None), else None."""
+        if state.queries is None:
+            # Direct injection gives every global query the same vector: one is computed, and repeated at the end.
+            base_query = self.query if self.injection.needs_base_query else None
+            state.queries = self.injection(instruct_embeds, base_query).to(features.dtype)
+        result = self.attn(state.queries, features, state.attention)
+        if result is None:
+            return None
+        attended, attentions = result
+        tokens = self.readout(state.queries + attended)
         if tokens.shape[0] != self.num_queries:
             tokens = tokens.expand(self.num_queries, -1)
             attentions = attentions.expand(-1, self.num_queries, -1) if attentions is not None else None
-        return LevelOutput(tokens, attentions)
+        return tokens, attentions
+
+
+@dataclass
+class HicomCompressorState:
+    """One video's compression while its frames arrive a chunk at a time: create it with the video's `(T, H, W)`
+    patch grid and pass it to every `HicomCompressor` call for that video."""
+
+    grid: tuple[int, int, int]
+    output_attentions: bool | None = None
+    frames_seen: int = 0
+    tokens: torch.Tensor | None = None
+    local_level: LocalLevelState | None = None
+    global_level: GlobalLevelState | None = None
 
 
 class HicomCompressor(nn.Module):
@@ -514,125 +626,85 @@ class HicomCompressor(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        guide_dim = config.instruct_config.projection_size
-        self.local_level = HicomLocalCompressor(config, guide_dim) if config.use_local_level else None
-        self.global_level = HicomGlobalCompressor(config, guide_dim) if config.num_global_queries > 0 else None
+        instruct_dim = config.instruct_config.projection_size
+        self.local_level = HicomLocalCompressor(config, instruct_dim) if config.use_local_level else None
+        self.global_level = HicomGlobalCompressor(config, instruct_dim) if config.num_global_queries > 0 else None
 
     @property
-    def needs_guide(self) -> bool:
+    def needs_instruct(self) -> bool:
         levels = [level for level in (self.local_level, self.global_level) if level is not None]
         return any(level.injection.mode != "off" for level in levels)
 
-    def forward(self, features, patch_embeds, guide=None, output_attentions=False):
-        """`features`, `patch_embeds`: `(T, H, W, D)`; `guide`: `(guide_dim,)` (the pooled instruction embedding),
-        `(tokens, guide_dim)` (one row per instruction token, for fine injection) or None (no injection).
+    def forward(self, features, patch_embeds, instruct_embeds=None, output_attentions=False, state=None):
+        """Compress one video.
 
-        Returns `(tokens (N, C), local_weights, global_weights)`; the weights (only with `output_attentions`, None for
-        an absent level) are `(T', H', W', window)` softmax weights of each local cell over its window (positions
-        from `window_index`) and `(heads, num_global_queries, T*H*W)`.
+        Args:
+            features, patch_embeds: `(T, H, W, D)` SigLIP features (layer -2) and patch embeddings of the whole clip;
+                with `state`, of its next `n` frames.
+            instruct_embeds: `(instruct_dim,)`, the pooled instruction embedding, or `(tokens, instruct_dim)`, one
+                row per instruction token (fine injection), or None (a model that injects no instruction).
+            output_attentions: also return the attention weights (see `CompressorOutput`).
+            state: a `HicomCompressorState` to feed the video a chunk at a time: local cells are computed as soon as
+                their frames have arrived, keeping at most a chunk plus `kt - 1` frames, and the global level
+                accumulates its softmax, so memory never holds the clip's features. Same results as one call.
+
+        Returns:
+            `CompressorOutput` once every frame of the video has arrived; None after an earlier chunk.
         """
-        stream = self.stream(features.shape[:3], guide, features.dtype, output_attentions)
-        stream.update(features, patch_embeds)
-        return stream.finish()
-
-    def stream(self, grid, guide=None, dtype=None, output_attentions=False) -> "HicomCompressionStream":
-        """Compress a `grid = (T, H, W)` video whose frames are fed in order, any number at a time (see
-        [`HicomCompressionStream`]); same results as `forward` on the whole clip."""
-        return HicomCompressionStream(self, tuple(grid), guide, dtype, output_attentions)
-
-
-class HicomCompressionStream:
-    """One video's compression, fed its frames' `(features, patch_embeds)` in order, a chunk at a time.
-
-    Local cells are computed as soon as the frames of their window have arrived; only frames that a pending window
-    still needs are kept (at most a chunk plus `kt - 1` frames). The global level accumulates its reassociated
-    attention chunk by chunk with an online softmax. So memory holds neither the clip's features nor its patch
-    embeddings, whatever its length.
-    """
-
-    def __init__(self, compressor: HicomCompressor, grid, guide, dtype, output_attentions):
-        self.compressor = compressor
-        self.num_frames, self.height, self.width = grid
-        self.guide = guide
-        self.output_attentions = output_attentions
-        self.next_cell, self.frames_seen = 0, 0
-        self.buffer_start, self.buffer = 0, []  # kept (features, patch_embeds) chunks, from frame `buffer_start`
-        self.output, self.local_attentions = None, []  # output: (local + global tokens, C), filled as cells complete
-        self.plan, self.num_local_tokens = None, 0
-        if compressor.local_level is not None:
-            self.plan = compressor.local_level.plan(*grid)
-            self.spatial_cells = self.plan.index.shape[1] * self.plan.index.shape[2]  # local tokens per temporal cell
-            self.num_local_tokens = self.spatial_cells * self.plan.index.shape[0]
-        self.global_queries = self.global_state = None
-        if compressor.global_level is not None:
-            dtype = dtype or compressor.global_level.readout.linear_1.weight.dtype
-            self.global_queries, self.global_state = compressor.global_level.begin(
-                grid, guide, dtype, output_attentions
-            )
-
-    def update(self, features: torch.Tensor, patch_embeds: torch.Tensor) -> None:
-        """Add the next `n` frames: `features`, `patch_embeds` `(n, H, W, D)`."""
+        if state is None:
+            state = HicomCompressorState(tuple(features.shape[:3]))
+        num_frames, height, width = state.grid
         count = features.shape[0]
-        if tuple(features.shape[1:3]) != (self.height, self.width) or patch_embeds.shape != features.shape:
-            raise ValueError(f"Expected frames of a {self.height}x{self.width} grid, got {tuple(features.shape)}.")
-        if self.frames_seen + count > self.num_frames:
-            raise ValueError(f"The video has {self.num_frames} frames; got {self.frames_seen + count}.")
-        if self.global_state is not None:
-            self.compressor.global_level.attn.update(self.global_state, features)
-        self.frames_seen += count
-        if self.plan is None:
-            return
-        self.buffer.append((features, patch_embeds))
-        plan, ready = self.plan, self.next_cell
-        while ready < len(plan.end_frame) and plan.end_frame[ready] <= self.frames_seen:
-            ready += 1
-        if ready == self.next_cell:
-            return
-        buffered_features, buffered_embeds = (
-            torch.cat(part) if len(part) > 1 else part[0] for part in zip(*self.buffer)
-        )
-        # Only the frames these cells read (the buffer may start earlier and end later).
-        first = plan.first_frame[self.next_cell] - self.buffer_start
-        end = plan.end_frame[ready - 1] - self.buffer_start
-        local = self.compressor.local_level
-        if self.output is None:
-            num_tokens = self.num_local_tokens
-            if self.global_state is not None:
-                num_tokens += self.compressor.global_level.num_queries
-            weight = local.readout.linear_2.weight
-            self.output = features.new_empty(num_tokens, weight.shape[0], dtype=weight.dtype)
-        cells = self.spatial_cells
-        out = local.compress_cells(
-            plan, self.next_cell, ready, buffered_features[first:end], buffered_embeds[first:end],
-            self.buffer_start + first, self.guide, self.output_attentions,
-            out=self.output[self.next_cell * cells : ready * cells],
-        )
-        self.local_attentions.append(out.attentions)
-        self.next_cell = ready
-        # Drop the frames no pending cell reads; copy the rest so the chunk they came from can be freed.
-        keep = (plan.first_frame[ready] if ready < len(plan.first_frame) else self.frames_seen) - self.buffer_start
-        self.buffer = [(buffered_features[keep:].clone(), buffered_embeds[keep:].clone())]
-        self.buffer_start += keep
+        if tuple(features.shape[1:3]) != (height, width) or patch_embeds.shape != features.shape:
+            raise ValueError(
+                f"Expected `features` and `patch_embeds` of the same shape, frames of a {height}x{width} grid; got "
+                f"{tuple(features.shape)} and {tuple(patch_embeds.shape)}."
+            )
+        if state.frames_seen + count > num_frames:
+            raise ValueError(f"The video has {num_frames} frames; got {state.frames_seen + count}.")
+        if state.frames_seen == 0:
+            self.start(state, features, output_attentions)
+        elif output_attentions != state.output_attentions:
+            raise ValueError("`output_attentions` must be the same in every call for a video.")
+        state.frames_seen += count
+        if self.local_level is not None:
+            self.local_level(features, patch_embeds, instruct_embeds, state.local_level, output_attentions)
+        global_output = None
+        if self.global_level is not None:
+            global_output = self.global_level(features, instruct_embeds, state.global_level)
+        if state.frames_seen < num_frames:
+            return None
+        tokens, local_attentions, global_attentions = state.tokens, None, None
+        if self.local_level is not None and output_attentions:
+            local_attentions = torch.cat(state.local_level.attentions).view(*state.local_level.plan.index.shape)
+        if global_output is not None:
+            global_tokens, global_attentions = global_output
+            if tokens is None:
+                tokens = global_tokens
+            else:
+                tokens[-self.global_level.num_queries :] = global_tokens
+        return CompressorOutput(tokens, local_attentions, global_attentions)
 
-    def finish(self):
-        """`(tokens (N, C), local_weights, global_weights)`, as `HicomCompressor.forward`."""
-        if self.frames_seen != self.num_frames:
-            raise ValueError(f"The video has {self.num_frames} frames but only {self.frames_seen} were fed.")
-        local_attentions = None
-        if self.output_attentions and self.plan is not None:
-            local_attentions = torch.cat(self.local_attentions)
-        if self.global_state is None:
-            return self.output, local_attentions, None
-        global_ = self.compressor.global_level.finish(self.global_queries, self.global_state)
-        if self.plan is None:
-            return global_.tokens, None, global_.attentions
-        self.output[self.num_local_tokens :] = global_.tokens
-        return self.output, local_attentions, global_.attentions
+    def start(self, state: HicomCompressorState, features: torch.Tensor, output_attentions: bool) -> None:
+        """Plan the video's compression and allocate its tokens (local ones are written as their cells complete)."""
+        state.output_attentions = output_attentions
+        if self.local_level is not None:
+            plan = self.local_level.plan(*state.grid)
+            num_tokens = plan.index.shape[:3].numel()
+            if self.global_level is not None:
+                num_tokens += self.global_level.num_queries
+            weight = self.local_level.readout.linear_2.weight  # its dtype and width (no data is read)
+            state.tokens = features.new_empty(num_tokens, weight.shape[0], dtype=weight.dtype)
+            state.local_level = LocalLevelState(plan, state.tokens)
+        if self.global_level is not None:
+            attention = self.global_level.attn.new_state(state.grid, features.device, output_attentions)
+            state.global_level = GlobalLevelState(attention)
 
 
 __all__ = [
+    "CompressorOutput",
     "HicomCompressor",
-    "HicomCompressionStream",
+    "HicomCompressorState",
     "linear_taps",
     "window_index",
     "window_starts",

@@ -16,9 +16,9 @@ NEWLINE_POSITIONS = ("none",)
 # Boolean options of each level (all False when the level is absent).
 LEVEL_OPTIONS = {
     "local": (
-        "local_adapt_query", "local_adapt_key", "local_adapt_value", "local_adapt_guide", "local_clip_scale",
+        "local_adapt_query", "local_adapt_key", "local_adapt_value", "local_adapt_instruct", "local_clip_scale",
     ),
-    "global": ("global_adapt_guide", "global_clip_scale"),
+    "global": ("global_adapt_instruct", "global_clip_scale"),
 }
 # Fields of configs saved before the adapters were set per level; they were always False in converted checkpoints.
 LEGACY_ADAPTER_FIELDS = ("adapt_key", "adapt_value", "adapt_query", "adapt_guide")
@@ -75,12 +75,14 @@ class HicomConfig(PreTrainedConfig):
         local_temporal_kernel / local_spatial_kernel (`int`, defaults to 4 / 3): size of the local windows.
         use_local_level (`bool`, defaults to `True`): compress local windows; `False` gives a global-only projector.
         num_global_queries (`int`, defaults to 32): global tokens per video; 0 disables the global level.
+        num_global_heads (`int`, *optional*): heads of the global attention (and of fine injection's attention);
+            defaults to the reference's `vision_config.hidden_size // 128` (9 for so400m), at least 1.
         local_injection / global_injection (`"off"`, `"direct"`, `"coarse"` or `"fine"`): how the instruction enters
             each level's queries: `"direct"` (the query is the pooled instruction embedding), `"coarse"` (FiLM
             modulation of the unconditional query by it), `"fine"` (the unconditional query cross-attends to the
             instruction's per-token embeddings) or `"off"` (unconditional compression). A model that injects at no
             level encodes no instruction, and its local keys are the features themselves (as in the reference).
-        local_adapt_query / local_adapt_key / local_adapt_value / local_adapt_guide / global_adapt_guide (`bool`):
+        local_adapt_query / local_adapt_key / local_adapt_value / local_adapt_instruct / global_adapt_instruct (`bool`):
             gated residual adapters `(1 - a) * x + a * LN(proj(x))` on the local level's unconditional queries (a
             bias-free linear `proj`; not with direct injection, which has no such query), keys, values, or on the
             instruction embedding of either level (an MLP `proj` each). The reference has no other adapters.
@@ -108,13 +110,14 @@ class HicomConfig(PreTrainedConfig):
     local_spatial_kernel: int = 3
     use_local_level: bool = True
     num_global_queries: int = 32
+    num_global_heads: int | None = None
     local_injection: InjectionMode = "direct"
     global_injection: InjectionMode = "direct"
     local_adapt_query: bool = False
     local_adapt_key: bool = False
     local_adapt_value: bool = False
-    local_adapt_guide: bool = False
-    global_adapt_guide: bool = False
+    local_adapt_instruct: bool = False
+    global_adapt_instruct: bool = False
     local_clip_scale: bool = False
     global_clip_scale: bool = False
     newline_position: str = "none"
@@ -144,10 +147,12 @@ class HicomConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.num_global_queries < 0:
             raise ValueError(f"`num_global_queries` must be >= 0, got {self.num_global_queries}.")
-        if self.vision_config.hidden_size % self.num_global_heads:
+        if self.num_global_heads is None:
+            self.num_global_heads = max(1, self.vision_config.hidden_size // 128)
+        if self.num_global_heads < 1 or self.vision_config.hidden_size % self.num_global_heads:
             raise ValueError(
-                f"The global level uses `hidden_size // 128` heads; vision hidden_size {self.vision_config.hidden_size} "
-                f"is not divisible by {self.num_global_heads}."
+                f"`num_global_heads` must be a positive divisor of the vision hidden_size "
+                f"{self.vision_config.hidden_size}, got {self.num_global_heads}."
             )
         if not getattr(self.vision_config, "vision_use_head", True):
             raise ValueError("HICom needs the SigLIP vision head (`vision_config.vision_use_head=True`).")
@@ -161,9 +166,9 @@ class HicomConfig(PreTrainedConfig):
             enabled = [name for name in LEVEL_OPTIONS[level] if getattr(self, name)]
             if not present and enabled:
                 raise ValueError(f"`{enabled[0]}=True` has no effect: the model has no {level} level.")
-            if present and getattr(self, f"{level}_injection") == "off" and getattr(self, f"{level}_adapt_guide"):
+            if present and getattr(self, f"{level}_injection") == "off" and getattr(self, f"{level}_adapt_instruct"):
                 raise ValueError(
-                    f"`{level}_adapt_guide=True` has no effect with `{level}_injection='off'` (no instruction enters "
+                    f"`{level}_adapt_instruct=True` has no effect with `{level}_injection='off'` (no instruction enters "
                     f"the {level} level)."
                 )
         if self.local_adapt_query and self.local_injection == "direct":
@@ -182,7 +187,7 @@ class HicomConfig(PreTrainedConfig):
             )
 
     @property
-    def instruction_embedding(self) -> Literal["none", "pooled", "per_token"]:
+    def instruct_embedding(self) -> Literal["none", "pooled", "per_token"]:
         """What the instruction encoder gives the compressor: nothing if no level injects the instruction, one row
         per instruction token (padding included) for fine injection, else the pooled embedding."""
         modes = []
@@ -194,11 +199,6 @@ class HicomConfig(PreTrainedConfig):
             return "per_token"
         return "pooled" if any(mode != "off" for mode in modes) else "none"
 
-    @property
-    def num_global_heads(self) -> int:
-        """The reference uses `hidden_size // 128` heads (9 for so400m); tiny test models get at least one."""
-        return max(1, self.vision_config.hidden_size // 128)
-
 
 def _drop_legacy_adapter_fields(kwargs: dict) -> None:
     """Configs converted before adapters were per level carry `adapt_*` fields, all False (the converter refused
@@ -207,8 +207,8 @@ def _drop_legacy_adapter_fields(kwargs: dict) -> None:
         if kwargs.pop(name, False):
             raise ValueError(
                 f"`{name}=True` is from an older HicomConfig whose adapters were not the reference's; set the "
-                "per-level fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_guide`, "
-                "`global_adapt_guide`) and re-convert the checkpoint."
+                "per-level fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_instruct`, "
+                "`global_adapt_instruct`) and re-convert the checkpoint."
             )
 
 

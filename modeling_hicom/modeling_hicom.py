@@ -5,7 +5,6 @@ Each video's frames are encoded by SigLIP, compressed *conditioned on the user's
 video placeholder tokens in the language model's input. docs/architecture.md walks through the computation.
 """
 
-import contextlib
 import logging as std_logging
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from transformers.utils import logging
 from .compressor_hicom import (
     HicomAdapter,
     HicomCompressor,
+    HicomCompressorState,
     HicomGlobalAttention,
     HicomGlobalCompressor,
     HicomLocalCompressor,
@@ -99,19 +99,6 @@ class HicomCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
-@contextlib.contextmanager
-def _offloaded_weights_loaded(module: nn.Module):
-    """accelerate's offload hooks (device_map with cpu/disk offload) load a module's weights only around its own
-    `forward`; the compressor also reads weights directly (`query`, the reassociated `k_proj`/`v_proj`), so every
-    offloaded submodule's weights are loaded for the duration."""
-    from accelerate.utils import align_module_device
-
-    with contextlib.ExitStack() as stack:
-        for submodule in module.modules():
-            stack.enter_context(align_module_device(submodule))
-        yield
-
-
 class HicomPreTrainedModel(PreTrainedModel):
     config_class = HicomConfig
     config: HicomConfig
@@ -159,7 +146,7 @@ class HicomModel(HicomPreTrainedModel):
         self.vision_tower = SiglipVisionModel(config.vision_config)
         # A model that injects the instruction at no level has no instruction encoder (nor its weights).
         self.instruct_encoder = (
-            SiglipTextModel(config.instruct_config) if config.instruction_embedding != "none" else None
+            SiglipTextModel(config.instruct_config) if config.instruct_embedding != "none" else None
         )
         self.compressor = HicomCompressor(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -225,13 +212,13 @@ class HicomModel(HicomPreTrainedModel):
                 bar.close()
 
     def encode_instructions(self, instruct_input_ids, instruct_attention_mask=None):
-        """The instruction as the compressor reads it: SigLIP text `pooler_output` `(num_videos, guide_dim)` (the head of
+        """The instruction as the compressor reads it: SigLIP text `pooler_output` `(num_videos, instruct_dim)` (the head of
         the last, padded position), or for fine injection the head applied to every position, `(num_videos,
-        instruct_max_length, guide_dim)` (padding rows included, as in the reference)."""
+        instruct_max_length, instruct_dim)` (padding rows included, as in the reference)."""
         if self.instruct_encoder is None:
             raise ValueError("This model injects the instruction at no level: it has no instruction encoder.")
         outputs = self.instruct_encoder(input_ids=instruct_input_ids, attention_mask=instruct_attention_mask)
-        if self.config.instruction_embedding == "per_token":
+        if self.config.instruct_embedding == "per_token":
             return self.instruct_encoder.head(outputs.last_hidden_state)
         return outputs.pooler_output
 
@@ -261,7 +248,7 @@ class HicomModel(HicomPreTrainedModel):
                 f"`video_num_frames` {num_frames} must be positive and sum to the {pixel_values.shape[0]} frames "
                 f"of `{name}`."
             )
-        if self.compressor.needs_guide:
+        if self.compressor.needs_instruct:
             instruct = "image_instruct" if name == "pixel_values" else "instruct"  # names of the caller's arguments
             if instruct_input_ids is None:
                 raise ValueError(
@@ -309,40 +296,27 @@ class HicomModel(HicomPreTrainedModel):
     ) -> HicomVideoFeaturesOutput | tuple:
         """`get_video_features` on checked inputs: `pixel_values (sum T_i, 3, S, S)`, `num_frames` a list of ints."""
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        guides = [None] * len(num_frames)
-        dispatched = getattr(self.compressor, "_hf_hook", None) is not None
-        if dispatched:
-            # Dispatched with accelerate (device map / offload): its hooks run on `forward`, so compress whole clips.
-            features, patch_embeds = self.encode_frames(pixel_values, vision_batch_size)
-        if self.compressor.needs_guide:
-            device = features.device if dispatched else pixel_values.device
-            guides = self.encode_instructions(instruct_input_ids.to(device), instruct_attention_mask)
-        if dispatched:
-            with _offloaded_weights_loaded(self.compressor):
-                outputs = [
-                    self.compressor(video_features, video_embeds, guide, output_attentions=output_attentions)
-                    for video_features, video_embeds, guide in zip(
-                        features.split(num_frames), patch_embeds.split(num_frames), guides
-                    )
-                ]
-        else:
-            # Each chunk of frames is compressed as soon as it is encoded: the clip's features are never all kept.
-            dtype = self.vision_tower.embeddings.patch_embedding.weight.dtype
-            streams = [
-                self.compressor.stream((n, side, side), guide, dtype, output_attentions)
-                for n, guide in zip(num_frames, guides)
-            ]
-            ends = torch.tensor(num_frames).cumsum(0).tolist()
-            video, position = 0, 0  # next frame to route: video `video`, global frame index `position`
-            for features, patch_embeds in self.iter_encode_frames(pixel_values, vision_batch_size):
-                start = 0
-                while start < features.shape[0]:
-                    take = min(features.shape[0] - start, ends[video] - position)
-                    streams[video].update(features[start : start + take], patch_embeds[start : start + take])
-                    start, position = start + take, position + take
-                    video += position == ends[video]
-                del features, patch_embeds
-            outputs = [stream.finish() for stream in streams]
+        instruct_embeds = [None] * len(num_frames)
+        if self.compressor.needs_instruct:
+            instruct_embeds = self.encode_instructions(
+                instruct_input_ids.to(pixel_values.device), instruct_attention_mask
+            )
+        # Each chunk of frames is compressed as soon as it is encoded: the clip's features are never all kept.
+        states = [HicomCompressorState((n, side, side)) for n in num_frames]
+        outputs = [None] * len(num_frames)
+        ends = torch.tensor(num_frames).cumsum(0).tolist()
+        video, position = 0, 0  # next frame to route: video `video`, global frame index `position`
+        for features, patch_embeds in self.iter_encode_frames(pixel_values, vision_batch_size):
+            start = 0
+            while start < features.shape[0]:
+                take = min(features.shape[0] - start, ends[video] - position)
+                outputs[video] = self.compressor(
+                    features[start : start + take], patch_embeds[start : start + take], instruct_embeds[video],
+                    output_attentions=output_attentions, state=states[video],
+                )
+                start, position = start + take, position + take
+                video += position == ends[video]
+            del features, patch_embeds
         tokens, local_attn, global_attn = zip(*outputs)
         output = HicomVideoFeaturesOutput(
             pooler_output=tuple(tokens),

@@ -60,7 +60,7 @@ def inject(weights, name, mode, guide, base_query, num_heads):
         return base_query
     if f"{name}.text2qk.linear_1.weight" in weights:
         guide = _mlp(weights, f"{name}.text2qk", guide)
-    guide = _adapter(weights, f"{name}.guide_adapter", guide, lambda x: _mlp(weights, f"{name}.guide_adapter.proj", x))
+    guide = _adapter(weights, f"{name}.instruct_adapter", guide, lambda x: _mlp(weights, f"{name}.instruct_adapter.proj", x))
     if mode == "direct":
         return guide[None]
     if mode == "coarse":
@@ -75,7 +75,7 @@ def reference_local(config, weights, features, embeds, guide):
     """Local tokens `(T'*H'*W', C)` in (t, h, w) order, and the per-cell window weights."""
     name = "local_level"
     num_frames, height, width, dim = features.shape
-    encodes_instruction = config.instruction_embedding != "none"
+    encodes_instruction = config.instruct_embedding != "none"
     keys = embeds if encodes_instruction else features
     if config.local_clip_scale and encodes_instruction:
         keys, guide = _normalize(keys), _normalize(guide)

@@ -81,7 +81,7 @@ def test_vision_features_and_patch_embeddings(loaded, reference):
     assert max_error(embeds, reference["expected_patch_embeds"]) <= 1e-4
 
 
-def test_instruction_embedding(loaded, reference):
+def test_instruct_embedding(loaded, reference):
     with torch.no_grad():
         guide = loaded.model.encode_instructions(reference["guide_input_ids"], reference["guide_attention_mask"])
     assert max_error(guide, reference["expected_guide_embeds"]) <= 1e-4
@@ -114,7 +114,7 @@ def test_settings_read_from_each_fixture(loaded, fixture_name):
     fixture's `guidecoarse` words give coarse injection at both, with every adapter (its global tokens differ)."""
     config = loaded.config
     settings = (config.local_injection, config.global_injection, config.local_adapt_query, config.local_adapt_key,
-                config.local_adapt_value, config.local_adapt_guide, config.global_adapt_guide)
+                config.local_adapt_value, config.local_adapt_instruct, config.global_adapt_instruct)
     if fixture_name == "hicom-tiny-reference":
         assert settings == ("direct", "direct") + (False,) * 5
         tokens = REFERENCE["expected_visual_tokens"][18:]
@@ -214,13 +214,13 @@ def per_level(settings):
     local = global_ = None
     if settings["use_local_level"]:
         adapters = "".join(
-            letter for letter, name in zip("qkvg", ("query", "key", "value", "guide"))
+            letter for letter, name in zip("qkvg", ("query", "key", "value", "instruct"))
             if settings[f"local_adapt_{name}"]
         )
         local = (settings["local_temporal_kernel"], settings["local_spatial_kernel"], settings["local_injection"],
                  adapters, settings["local_clip_scale"])
     if settings["num_global_queries"]:
-        global_ = (settings["num_global_queries"], settings["global_injection"], settings["global_adapt_guide"],
+        global_ = (settings["num_global_queries"], settings["global_injection"], settings["global_adapt_instruct"],
                    settings["global_clip_scale"])
     return local, global_
 

@@ -106,7 +106,7 @@ def test_direct_global_injection_gives_identical_global_tokens(model):
 @pytest.mark.parametrize("local_injection", ["direct", "coarse", "off"])
 def test_coarse_global_injection_gives_distinct_global_tokens(local_injection):
     model = tiny_model(
-        local_injection=local_injection, global_injection="coarse", local_adapt_key=True, global_adapt_guide=True
+        local_injection=local_injection, global_injection="coarse", local_adapt_key=True, global_adapt_instruct=True
     )
     with torch.no_grad():
         tokens = model.get_video_features(*random_inputs(model, [8])).pooler_output[0]

@@ -15,7 +15,7 @@ import torch
 from reference_compressor import reference_compress
 from tiny_models import random_inputs, tiny_model
 
-from modeling_hicom.compressor_hicom import linear_taps, sincos_embedding_1d, window_index
+from modeling_hicom.compressor_hicom import HicomCompressorState, linear_taps, sincos_embedding_1d, window_index
 
 ATOL = 1e-5
 MODES = {
@@ -24,7 +24,7 @@ MODES = {
     "off": dict(local_injection="off", global_injection="off"),
     "coarse-adapters": dict(
         local_injection="coarse", global_injection="direct", local_adapt_key=True, local_adapt_value=True,
-        local_adapt_query=True, local_adapt_guide=True, global_adapt_guide=True,
+        local_adapt_query=True, local_adapt_instruct=True, global_adapt_instruct=True,
     ),
     # Global CLIP scale scores every position plainly (no reassociation); fine injection reads per-token rows.
     "fine-clip-scale": dict(
@@ -43,15 +43,15 @@ def model():
     return tiny_model()
 
 
-def instruction_embeddings(model, ids, mask):
+def instruct_embeddings(model, ids, mask):
     """One embedding per video, or None per video for a model that injects no instruction (it has no encoder)."""
-    return model.model.encode_instructions(ids, mask) if model.model.compressor.needs_guide else [None] * len(ids)
+    return model.model.encode_instructions(ids, mask) if model.model.compressor.needs_instruct else [None] * len(ids)
 
 
 def whole_clip(model, pixels, num_frames, ids, mask, output_attentions=False):
     """The non-streamed path: every frame's features and patch embeddings kept, then each clip compressed at once."""
     features, embeds = model.model.encode_frames(pixels, vision_batch_size=pixels.shape[0])
-    guides = instruction_embeddings(model, ids, mask)
+    guides = instruct_embeddings(model, ids, mask)
     outputs = []
     for video_features, video_embeds, guide in zip(features.split(num_frames), embeds.split(num_frames), guides):
         outputs.append(model.model.compressor(video_features, video_embeds, guide, output_attentions=output_attentions))
@@ -106,13 +106,15 @@ def test_stream_accepts_any_feeding(mode_model, feed):
     compressor = mode_model.model.compressor
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = instruction_embeddings(mode_model, ids, mask)[0]
+        guide = instruct_embeddings(mode_model, ids, mask)[0]
         reference = compressor(features, embeds, guide, output_attentions=True)
-        stream = compressor.stream(features.shape[:3], guide, features.dtype, output_attentions=True)
-        for piece_features, piece_embeds in zip(features.split(feed), embeds.split(feed)):
-            stream.update(piece_features, piece_embeds)
-        streamed = stream.finish()
-    for a, b in zip(streamed, reference):
+        state = HicomCompressorState(tuple(features.shape[:3]))
+        outputs = [
+            compressor(piece_features, piece_embeds, guide, output_attentions=True, state=state)
+            for piece_features, piece_embeds in zip(features.split(feed), embeds.split(feed))
+        ]
+    assert all(output is None for output in outputs[:-1])
+    for a, b in zip(outputs[-1], reference, strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
@@ -124,29 +126,33 @@ def test_stream_keeps_only_the_frames_pending_windows_need(model):
     pixels, _, ids, mask = random_inputs(model, [frames], seed=6)
     with torch.no_grad():
         guide = model.model.encode_instructions(ids, mask)[0]
-        stream = compressor.stream((frames, 5, 5), guide)
+        state = HicomCompressorState((frames, 5, 5))
         largest = 0
         for features, embeds in model.model.iter_encode_frames(pixels, chunk):
-            stream.update(features, embeds)
-            largest = max(largest, sum(part[0].shape[0] for part in stream.buffer))
-        tokens = stream.finish()[0]
+            output = compressor(features, embeds, guide, state=state)
+            buffer = state.local_level.buffer
+            largest = max(largest, buffer[0].shape[0] if buffer is not None else 0)
+        tokens = output.tokens
     assert largest <= chunk + 4 - 1
     assert tokens.shape[0] == math.ceil(frames / 4) * 2 * 2 + 4
 
 
-def test_accelerate_dispatched_fallback_gives_same_results(model):
-    """With accelerate hooks on the compressor, whole clips go through `forward` (where the hooks run)."""
+@pytest.mark.parametrize("mode", ["direct", "fine-clip-scale", "coarse-adapters"])
+def test_offloaded_compressor_gives_same_results(mode):
+    """accelerate's CPU offload hooks every module that holds weights and loads them only around that module's own
+    `forward`: the compressor must use each weight there (its weights are on the meta device otherwise)."""
+    from accelerate import cpu_offload
+
+    model = tiny_model(**MODES[mode])
     inputs = random_inputs(model, [7, 3], seed=7)
-    compressor = model.model.compressor
     with torch.no_grad():
-        streamed = model.get_video_features(*inputs, vision_batch_size=2).pooler_output
-        compressor._hf_hook = object()
-        try:
-            dispatched = model.get_video_features(*inputs, vision_batch_size=2).pooler_output
-        finally:
-            del compressor._hf_hook
-    for a, b in zip(streamed, dispatched, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+        expected = model.get_video_features(*inputs, vision_batch_size=2, output_attentions=True)
+        cpu_offload(model.model.compressor, execution_device=torch.device("cpu"))
+        assert model.model.compressor.global_level.attn.k_proj.weight.device.type == "meta"
+        offloaded = model.get_video_features(*inputs, vision_batch_size=2, output_attentions=True)
+    for name in ("pooler_output", "local_attentions", "global_attentions"):
+        for a, b in zip(getattr(offloaded, name), getattr(expected, name), strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_gradients_flow_through_the_streamed_path():
@@ -165,16 +171,15 @@ def test_gradients_flow_through_the_streamed_path():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_stream_rejects_wrong_frame_counts(model):
+def test_state_rejects_wrong_frame_counts(model):
     compressor = model.model.compressor
     features = torch.zeros(3, 5, 5, 64)
-    stream = compressor.stream((2, 5, 5), torch.zeros(64))
     with pytest.raises(ValueError, match="2 frames"):
-        stream.update(features, features)
-    stream = compressor.stream((4, 5, 5), torch.zeros(64))
-    stream.update(features, features)
-    with pytest.raises(ValueError, match="only 3 were fed"):
-        stream.finish()
+        compressor(features, features, torch.zeros(64), state=HicomCompressorState((2, 5, 5)))
+    state = HicomCompressorState((4, 5, 5))
+    assert compressor(features, features, torch.zeros(64), state=state) is None  # 3 of 4 frames: not done
+    with pytest.raises(ValueError, match="4x5 grid"):
+        compressor(features[:1, :4, :4], features[:1, :4, :4], torch.zeros(64), state=HicomCompressorState((4, 4, 5)))
 
 
 # --- pieces of the optimized maths against their plain definitions ----------------------------------------------
@@ -202,10 +207,9 @@ def test_online_softmax_survives_large_score_ranges(model):
     queries = torch.randn(4, 64, generator=generator)
     tables = [sincos_embedding_1d(n, 64) for n in (12, 5, 5)]
     with torch.no_grad():
-        state = attn.begin(queries, tables)
-        for piece in features.split(5):
-            attn.update(state, piece)
-        actual = attn.finish(state, queries)[0]
+        state = attn.new_state((12, 5, 5), features.device)
+        results = [attn(queries, piece, state) for piece in features.split(5)]
+        actual = results[-1][0]
         attn64 = attn.double()
         try:
             grid = torch.meshgrid(*(torch.arange(n) for n in (12, 5, 5)), indexing="ij")
@@ -226,7 +230,7 @@ def test_streamed_path_equals_literal_definition(mode_model, frames, chunk):
     pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=10 + frames)
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = instruction_embeddings(mode_model, ids, mask)[0]
+        guide = instruct_embeddings(mode_model, ids, mask)[0]
         expected = reference_compress(mode_model, features, embeds, guide)
         actual = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk).pooler_output[0]
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-5)

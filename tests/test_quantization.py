@@ -176,7 +176,7 @@ def test_saved_4bit_checkpoint_reloads_identically(folder, tmp_path):
     model.save_pretrained(tmp_path / "q4")
     reloaded = HicomForConditionalGeneration.from_pretrained(tmp_path / "q4").eval()
     assert isinstance(reloaded.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
-    assert type(reloaded.model.compressor.global_level.attn.k_proj) is torch.nn.Linear
+    assert not isinstance(reloaded.model.compressor.global_level.attn.k_proj, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
     inputs = video_prompt(model)
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)

@@ -23,17 +23,17 @@ from tiny_models import random_inputs, tiny_model
 from conversion.convert_hicom_original_to_hf import convert
 from modeling_hicom import relevance_maps
 
-ALL_LOCAL_ADAPTERS = dict(local_adapt_query=True, local_adapt_key=True, local_adapt_value=True, local_adapt_guide=True)
+ALL_LOCAL_ADAPTERS = dict(local_adapt_query=True, local_adapt_key=True, local_adapt_value=True, local_adapt_instruct=True)
 VARIANTS = {
     "release": {},
     "coarse, every adapter": dict(
-        local_injection="coarse", global_injection="coarse", global_adapt_guide=True, **ALL_LOCAL_ADAPTERS
+        local_injection="coarse", global_injection="coarse", global_adapt_instruct=True, **ALL_LOCAL_ADAPTERS
     ),
     "paper: direct local, coarse global": dict(
-        global_injection="coarse", local_adapt_key=True, local_adapt_value=True, global_adapt_guide=True
+        global_injection="coarse", local_adapt_key=True, local_adapt_value=True, global_adapt_instruct=True
     ),
     "fine, every adapter": dict(
-        local_injection="fine", global_injection="fine", global_adapt_guide=True, **ALL_LOCAL_ADAPTERS
+        local_injection="fine", global_injection="fine", global_adapt_instruct=True, **ALL_LOCAL_ADAPTERS
     ),
     "off (no instruction)": dict(local_injection="off", global_injection="off", local_adapt_query=True),
     "local only, coarse, 2x2 windows": dict(num_global_queries=0, local_injection="coarse", local_spatial_kernel=2),
@@ -43,7 +43,7 @@ VARIANTS = {
         local_injection="fine", global_injection="fine", local_clip_scale=True, global_clip_scale=True
     ),
     "instruction width differs (text2qk)": dict(
-        local_injection="coarse", global_adapt_guide=True,
+        local_injection="coarse", global_adapt_instruct=True,
         instruct_config=dict(
             hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, vocab_size=64,
             max_position_embeddings=16, pad_token_id=1, bos_token_id=None, eos_token_id=1, projection_size=48,
@@ -65,7 +65,7 @@ def encode(model, frames, seed=0):
     inputs = random_inputs(model, [frames], seed=seed)
     with torch.no_grad():
         features, embeds = model.model.encode_frames(inputs[0])
-        guide = model.model.encode_instructions(*inputs[2:])[0] if model.model.compressor.needs_guide else None
+        guide = model.model.encode_instructions(*inputs[2:])[0] if model.model.compressor.needs_instruct else None
     return inputs, features, embeds, guide
 
 
@@ -287,13 +287,13 @@ def original_projector(projector_type, use_guide, use_clip_scale, width=256, tex
                 mlp(f"{local}.{letter}_proj", width, width)
                 norm(f"{local}.{letter}_norm")
                 shapes[f"{local}.{letter}_alpha"] = (1,)
-        injector(f"{local}.guide_injector", settings["local_injection"], settings["local_adapt_guide"])
+        injector(f"{local}.guide_injector", settings["local_injection"], settings["local_adapt_instruct"])
     if settings["num_global_queries"]:
         global_ = f"{prefix}global_compressor"
         shapes[f"{global_}.query"] = (settings["num_global_queries"], width)
         attention(f"{global_}.attn_layer")
         mlp(f"{global_}.readout", text_width, text_width)
-        injector(f"{global_}.guide_injector", settings["global_injection"], settings["global_adapt_guide"])
+        injector(f"{global_}.guide_injector", settings["global_injection"], settings["global_adapt_instruct"])
     for level in ("local", "global"):
         if level in use_clip_scale.split(","):
             shapes.update({f"{prefix}{level}_logit_scale": (1,), f"{prefix}{level}_logit_bias": (1,)})
@@ -370,7 +370,7 @@ def test_every_original_variant_converts_reloads_and_generates(tmp_path):
         with torch.no_grad():
             features, embeds = model.model.encode_frames(reference["pixel_values"].float())
             guide = None
-            if model.model.compressor.needs_guide:
+            if model.model.compressor.needs_instruct:
                 guide = model.model.encode_instructions(reference["guide_input_ids"], reference["guide_attention_mask"])[0]
         expected = reference_compress(model, features, embeds, guide)
         torch.testing.assert_close(results[name]["tokens"], expected, atol=1e-4, rtol=1e-4, msg=name)

@@ -24,7 +24,7 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from modeling_hicom import HicomConfig
-from modeling_hicom.compressor_hicom import HicomCompressor
+from modeling_hicom.compressor_hicom import HicomCompressor, HicomCompressorState
 
 from .processing import HicomDummyInputsBuilder, HicomMultiModalProcessor, HicomProcessingInfo
 
@@ -93,19 +93,19 @@ class HicomForConditionalGeneration(nn.Module, SupportsMultiModal):
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.cat(list(pixel_values))
         num_frames = [int(n) for n in torch.as_tensor(kwargs["video_num_frames"]).reshape(-1).tolist()]
-        guides = [None] * len(num_frames)
-        if self.compressor.needs_guide:
-            guides = self.instruct_encoder(
+        instruct_embeds = [None] * len(num_frames)
+        if self.compressor.needs_instruct:
+            instruct_embeds = self.instruct_encoder(
                 input_ids=torch.as_tensor(kwargs["instruct_input_ids"]).reshape(len(num_frames), -1),
                 attention_mask=torch.as_tensor(kwargs["instruct_attention_mask"]).reshape(len(num_frames), -1),
             ).pooler_output
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         tokens = []
-        for video, guide in zip(pixel_values.split(num_frames), guides):
-            stream = self.compressor.stream((len(video), side, side), guide, self.vision_tower.dtype)
+        for video, instruct in zip(pixel_values.split(num_frames), instruct_embeds):
+            state = HicomCompressorState((len(video), side, side))
             for features, patch_embeds in self.iter_encode_frames(video):
-                stream.update(features, patch_embeds)
-            tokens.append(stream.finish()[0])
+                output = self.compressor(features, patch_embeds, instruct, state=state)
+            tokens.append(output.tokens)
         return tuple(tokens)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
