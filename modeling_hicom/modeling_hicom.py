@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel, SiglipTextModel, SiglipVisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
-from transformers.utils import logging
+from transformers.utils import auto_docstring, can_return_tuple, logging
 
 from .compressor_hicom import (
     HicomAdapter,
@@ -99,6 +99,7 @@ class HicomCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
+@auto_docstring
 class HicomPreTrainedModel(PreTrainedModel):
     config_class = HicomConfig
     config: HicomConfig
@@ -138,8 +139,10 @@ class HicomPreTrainedModel(PreTrainedModel):
             module.logit_bias.fill_(-10.0)
 
 
+@auto_docstring(
+    custom_intro="HICom without a language-modeling head: the SigLIP encoders, the compressor and the bare Qwen2 model."
+)
 class HicomModel(HicomPreTrainedModel):
-    """Encoders, compressor and the bare Qwen2 language model (no LM head)."""
 
     def __init__(self, config: HicomConfig):
         super().__init__(config)
@@ -262,6 +265,7 @@ class HicomModel(HicomPreTrainedModel):
                 )
         return pixel_values, num_frames
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.FloatTensor,
@@ -270,7 +274,6 @@ class HicomModel(HicomPreTrainedModel):
         instruct_attention_mask: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         output_attentions: bool = False,
-        return_dict: bool = True,
     ) -> HicomVideoFeaturesOutput | tuple:
         """Compressed tokens of every video.
 
@@ -286,14 +289,12 @@ class HicomModel(HicomPreTrainedModel):
             pixel_values_videos, video_num_frames, instruct_input_ids, "pixel_values_videos"
         )
         return self._compress(
-            pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size,
-            output_attentions, return_dict,
+            pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size, output_attentions
         )
 
     def _compress(
-        self, pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size,
-        output_attentions, return_dict,
-    ) -> HicomVideoFeaturesOutput | tuple:
+        self, pixel_values, num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size, output_attentions
+    ) -> HicomVideoFeaturesOutput:
         """`get_video_features` on checked inputs: `pixel_values (sum T_i, 3, S, S)`, `num_frames` a list of ints."""
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         instruct_embeds = [None] * len(num_frames)
@@ -318,14 +319,14 @@ class HicomModel(HicomPreTrainedModel):
                 video += position == ends[video]
             del features, patch_embeds
         tokens, local_attn, global_attn = zip(*outputs)
-        output = HicomVideoFeaturesOutput(
+        return HicomVideoFeaturesOutput(
             pooler_output=tuple(tokens),
             grid_shapes=tuple((n, side, side) for n in num_frames),
             local_attentions=tuple(local_attn) if output_attentions and self.compressor.local_level is not None else None,
             global_attentions=tuple(global_attn) if output_attentions and self.compressor.global_level else None,
         )
-        return output if return_dict else output.to_tuple()
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
@@ -333,7 +334,6 @@ class HicomModel(HicomPreTrainedModel):
         image_instruct_attention_mask: torch.LongTensor | None = None,
         vision_batch_size: int | None = None,
         output_attentions: bool = False,
-        return_dict: bool = True,
     ) -> HicomVideoFeaturesOutput | tuple:
         """Compressed tokens of images `(num_images, 3, S, S)`: each image is a one-frame video."""
         if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
@@ -344,25 +344,32 @@ class HicomModel(HicomPreTrainedModel):
         )
         return self._compress(
             pixel_values, num_frames, image_instruct_input_ids, image_instruct_attention_mask, vision_batch_size,
-            output_attentions, return_dict,
+            output_attentions,
         )
 
-    def _scatter_visual_tokens(self, input_ids, inputs_embeds, tokens, token_id, kind):
-        """Put `tokens` at the positions of the `kind` placeholder, after checking the counts match exactly."""
-        if input_ids is None:
-            mask = (inputs_embeds == self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device)))
-            mask = mask.all(-1)
-        else:
-            mask = input_ids == token_id
-        if int(mask.sum()) != tokens.shape[0]:
-            raise ValueError(
-                f"The prompt has {int(mask.sum())} {kind} placeholder tokens (id {token_id}) but the {kind}s were "
-                f"compressed into {tokens.shape[0]} tokens. Each {kind} placeholder must be expanded into exactly its "
-                f"compressed token count: build inputs with HicomProcessor."
-            )
-        mask = mask.unsqueeze(-1).to(inputs_embeds.device)
-        return inputs_embeds.masked_scatter(mask, tokens.to(inputs_embeds.device, inputs_embeds.dtype))
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
+        """Masks `(batch, seq, hidden)` of the image and of the video placeholder positions (from `inputs_embeds` when
+        there are no `input_ids`), after checking that each holds exactly as many positions as there are features."""
+        masks = []
+        for token_id, features, kind in (
+            (self.config.image_token_id, image_features, "image"), (self.config.video_token_id, video_features, "video")
+        ):
+            if input_ids is None:
+                placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+                mask = (inputs_embeds == placeholder).all(-1)
+            else:
+                mask = input_ids == token_id
+            if features is not None and int(mask.sum()) != features.shape[0]:
+                raise ValueError(
+                    f"The prompt has {int(mask.sum())} {kind} placeholder tokens (id {token_id}) but the {kind}s were "
+                    f"compressed into {features.shape[0]} tokens. Each {kind} placeholder must be expanded into exactly "
+                    f"its compressed token count: build inputs with HicomProcessor."
+                )
+            masks.append(mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device))
+        return tuple(masks)
 
+    @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -380,6 +387,23 @@ class HicomModel(HicomPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> HicomModelOutputWithPast:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(sum_i T_i, 3, image_size, image_size)`):
+            The frames of all videos, concatenated (`HicomProcessor` returns them).
+        video_num_frames (`torch.LongTensor` of shape `(num_videos,)`):
+            Frames per video.
+        instruct_input_ids (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+            The instruction that conditions each video's compression, tokenized by the SigLIP tokenizer with
+            `padding="max_length"`.
+        instruct_attention_mask (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+            Its attention mask.
+        image_instruct_input_ids (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+            The instruction of each image.
+        image_instruct_attention_mask (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+            Its attention mask.
+        vision_batch_size (`int`, *optional*):
+            Frames encoded at once (defaults to `config.vision_batch_size`); results do not depend on it.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -403,17 +427,16 @@ class HicomModel(HicomPreTrainedModel):
                 pixel_values_videos, video_num_frames, instruct_input_ids, instruct_attention_mask, vision_batch_size
             )
             video_tokens = torch.cat(features.pooler_output)
-            inputs_embeds = self._scatter_visual_tokens(
-                input_ids, inputs_embeds, video_tokens, self.config.video_token_id, "video"
-            )
         if pixel_values is not None:
             features = self.get_image_features(
                 pixel_values, image_instruct_input_ids, image_instruct_attention_mask, vision_batch_size=vision_batch_size
             )
             image_tokens = torch.cat(features.pooler_output)
-            inputs_embeds = self._scatter_visual_tokens(
-                input_ids, inputs_embeds, image_tokens, self.config.image_token_id, "image"
-            )
+        if video_tokens is not None or image_tokens is not None:
+            image_mask, video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_tokens, video_tokens)
+            for mask, tokens in ((video_mask, video_tokens), (image_mask, image_tokens)):
+                if tokens is not None:
+                    inputs_embeds = inputs_embeds.masked_scatter(mask, tokens.to(inputs_embeds.device, inputs_embeds.dtype))
 
         # The key/value cache travels in `kwargs` under the installed transformers' own name (`cache` from 5.24,
         # `past_key_values` before), and comes back in the output field of that name: see docs/architecture.md.
@@ -427,8 +450,10 @@ class HicomModel(HicomPreTrainedModel):
         return HicomModelOutputWithPast(**outputs, video_hidden_states=video_tokens, image_hidden_states=image_tokens)
 
 
+@auto_docstring(
+    custom_intro="HICom with a language-modeling head: `generate()` answers questions about videos and images."
+)
 class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
-    """HICom with a language-modeling head: `generate()` answers questions about videos and images."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
@@ -455,6 +480,8 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
     def get_image_features(self, *args, **kwargs) -> HicomVideoFeaturesOutput | tuple:
         return self.model.get_image_features(*args, **kwargs)
 
+    @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -471,15 +498,22 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> HicomCausalLMOutputWithPast | tuple:
         r"""
-        pixel_values_videos (`(sum_i T_i, 3, S, S)`): frames of all videos, concatenated.
-        video_num_frames (`(num_videos,)`): frames per video.
-        instruct_input_ids / instruct_attention_mask (`(num_videos, 64)`): the instruction that conditions each video's
-            compression, tokenized by the SigLIP tokenizer with `padding="max_length"`.
-        pixel_values (`(num_images, 3, S, S)`) with image_instruct_input_ids / image_instruct_attention_mask: images.
+        pixel_values_videos (`torch.FloatTensor` of shape `(sum_i T_i, 3, image_size, image_size)`):
+            The frames of all videos, concatenated (`HicomProcessor` returns them).
+        video_num_frames (`torch.LongTensor` of shape `(num_videos,)`):
+            Frames per video.
+        instruct_input_ids (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+            The instruction that conditions each video's compression, tokenized by the SigLIP tokenizer with
+            `padding="max_length"`.
+        instruct_attention_mask (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+            Its attention mask.
+        image_instruct_input_ids (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+            The instruction of each image.
+        image_instruct_attention_mask (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+            Its attention mask.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -503,9 +537,7 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
         language_outputs = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
-        output = HicomCausalLMOutputWithPast(loss=loss, logits=logits, **language_outputs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return HicomCausalLMOutputWithPast(loss=loss, logits=logits, **language_outputs)
 
 
 # `save_pretrained` copies this module and its relative imports next to the weights and names the classes in the
