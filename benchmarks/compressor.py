@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
+from reference_compressor import reference_global, reference_local  # noqa: E402
 
 NAME = "compressor"
 
@@ -72,54 +74,6 @@ def compressor_inputs(config, frames: int, dtype):
     return compressor.to(dtype), features.to(dtype), embeds.to(dtype), guide.to(dtype)
 
 
-# --- the plain computations the optimizations replace (for the ablation only) --------------------------------------
-
-
-def plain_local_window_loop(level, features, embeds, guide):
-    """One Python iteration per window (the obvious implementation)."""
-    from modeling_hicom.compressor_hicom import window_starts
-
-    frames, height, width, dim = features.shape
-    query = level.injection(guide, None)[0].float()
-    t_starts, t_size = window_starts(frames, 1 if frames == 1 else level.temporal_kernel)
-    h_starts, h_size = window_starts(height, level.spatial_kernel)
-    w_starts, w_size = window_starts(width, level.spatial_kernel)
-    pooled = []
-    for ts in t_starts:
-        for hs in h_starts:
-            for ws in w_starts:
-                keys = embeds[ts : ts + t_size, hs : hs + h_size, ws : ws + w_size].reshape(-1, dim).float()
-                values = features[ts : ts + t_size, hs : hs + h_size, ws : ws + w_size].reshape(-1, dim).float()
-                pooled.append((keys @ query / math.sqrt(dim)).softmax(0) @ values)
-    return level.readout(torch.stack(pooled).to(features.dtype))
-
-
-def plain_trilinear_query(features, grid):
-    """The trilinear query that direct injection does not need."""
-    return torch.nn.functional.interpolate(
-        features.permute(3, 0, 1, 2)[None].float(), size=grid, mode="trilinear", align_corners=False
-    )
-
-
-def plain_global(level, features, guide, num_queries: int):
-    """Standard multi-head attention: K/V projections of all T*H*W positions (+ materialized positions)."""
-    from modeling_hicom.compressor_hicom import sincos_embedding_1d
-
-    frames, height, width, dim = features.shape
-    grid = torch.meshgrid(*(torch.arange(n) for n in (frames, height, width)), indexing="ij")
-    positions = sum(sincos_embedding_1d(n, dim)[g] for n, g in zip((frames, height, width), grid))
-    kv = (features.float() + positions).to(features.dtype).reshape(-1, dim)
-    queries = level.injection(guide, None).to(features.dtype).expand(num_queries, dim)
-    attn = level.attn
-    heads, head_dim = attn.num_heads, attn.head_dim
-    q = attn.q_proj(queries).view(num_queries, heads, head_dim).transpose(0, 1)
-    k = attn.k_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
-    v = attn.v_proj(kv).view(-1, heads, head_dim).transpose(0, 1)
-    out = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None])[0]
-    out = attn.out_proj(out.transpose(0, 1).reshape(num_queries, dim))
-    return level.readout(queries + out)
-
-
 # --- measurements ---------------------------------------------------------------------------------------------------
 
 
@@ -163,8 +117,8 @@ def time_compressor(s: dict, dtype_name: str, ablation: bool) -> dict:
     from modeling_hicom.compressor_hicom import HicomCompressorState
 
     dtype = getattr(torch, dtype_name)
-    config = hicom_config(s)
-    compressor, features, embeds, guide = compressor_inputs(config, s["frames"], dtype)
+    compressor_config = hicom_config(s)
+    compressor, features, embeds, guide = compressor_inputs(compressor_config, s["frames"], dtype)
     repeats = s["repeats"]
     result = {}
     with torch.no_grad():
@@ -187,33 +141,27 @@ def time_compressor(s: dict, dtype_name: str, ablation: bool) -> dict:
             "local_level": count_operator_calls(local_level),
             "global_level": count_operator_calls(global_level),
         }
-        cells = compressor.local_level.plan(*features.shape[:3]).index.shape[0] * 81
+        cells = compressor.local_level.plan(*features.shape[:3]).index.shape[:3].numel()
         readout_input = torch.randn(cells, features.shape[-1]).to(dtype)
         result["local_readout_mlp_only"] = C.time_call(lambda: compressor.local_level.readout(readout_input), repeats)
         if ablation:
-            grid = compressor.local_level.plan(*features.shape[:3]).index.shape[:3]
-            nq = compressor.global_level.num_queries
+            # The plain computations the optimizations replace: the tests' reference implementation (a loop over
+            # windows; multi-head attention over materialized keys and values), on the same weights and dtype.
+            config, weights = compressor_config, compressor.state_dict()
             plain_repeats = max(1, repeats // 2)
             result["ablation"] = {
                 "local: python loop over windows": C.time_call(
-                    lambda: plain_local_window_loop(compressor.local_level, features, embeds, guide), plain_repeats
+                    lambda: reference_local(config, weights, features, embeds, guide), plain_repeats
                 ),
                 "local: dense products per temporal cell (ours)": result["local_level"],
-                "direct injection: trilinear query skipped (its cost)": C.time_call(
-                    lambda: plain_trilinear_query(features, grid), plain_repeats
+                f"global: plain MHA, {config.num_global_queries} queries": C.time_call(
+                    lambda: reference_global(config, weights, features, guide), plain_repeats
                 ),
-                f"global: plain MHA, {nq} identical queries": C.time_call(
-                    lambda: plain_global(compressor.global_level, features, guide, nq), plain_repeats
-                ),
-                "global: plain MHA, 1 query": C.time_call(
-                    lambda: plain_global(compressor.global_level, features, guide, 1), plain_repeats
-                ),
-                "global: reassociated, 1 query (ours)": result["global_level"],
+                "global: reassociated, online softmax (ours)": result["global_level"],
             }
-            # The plain versions compute the same tokens.
-            tokens = compressor(features, embeds, guide)[0].float()
-            local = plain_local_window_loop(compressor.local_level, features, embeds, guide).float()
-            global_ = plain_global(compressor.global_level, features, guide, nq).float()
+            tokens = compressor(features, embeds, guide).tokens.float()
+            local = reference_local(config, weights, features, embeds, guide)[0].float()
+            global_ = reference_global(config, weights, features, guide)[0].float()
             result["ablation_max_abs_difference"] = {
                 "local": (tokens[: local.shape[0]] - local).abs().max().item(),
                 "global": (tokens[local.shape[0] :] - global_).abs().max().item(),

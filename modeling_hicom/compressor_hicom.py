@@ -423,7 +423,8 @@ class HicomKeyProjection(nn.Linear):
 
     def forward(self, hidden_states: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         if transposed:
-            return hidden_states.float() @ self.weight.float()
+            # `x @ W` in float32, a half-precision weight converted a block of rows at a time.
+            return float32_weighted_sum(hidden_states.float().T, self.weight)
         return super().forward(hidden_states)
 
 
