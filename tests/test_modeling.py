@@ -22,7 +22,7 @@ def model():
     [
         (8, 4, [0, 4], 4),  # divisible: consecutive blocks
         (3, 4, [0], 3),  # shorter than the kernel: one window of everything
-        (10, 4, [0, 3, 6], 4),  # the reference's balanced split (DESIGN.md examples)
+        (10, 4, [0, 3, 6], 4),  # the reference's balanced split (docs/architecture.md)
         (8, 3, [0, 3, 5], 3),
         (7, 4, [0, 3], 4),
         (5, 3, [0, 2], 3),
