@@ -88,7 +88,7 @@ def video_files(s: dict, cache: Path) -> list[tuple[Path, str]]:
 def build_pipeline(spec: dict):
     """A random model of `spec` behind the pipeline, with the tiny fixture's tokenizers (the vocabulary does not
     change the cost of preparing a video)."""
-    from conversion.convert_hicom_original_to_hf import load_tokenizer
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import load_tokenizer
     from processing_hicom import HicomProcessor, VideoTextToTextPipeline
 
     tokenizer = load_tokenizer(FIXTURE / "original_checkpoint")

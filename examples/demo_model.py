@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from conversion.convert_hicom_original_to_hf import convert
+from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 
 ASSETS = Path(__file__).resolve().parent / "demo_assets"
 # Bumped when the converted folder changes (v2: generation config that suppresses the placeholder ids).

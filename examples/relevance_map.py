@@ -118,7 +118,7 @@ def synthetic_frames(num_frames: int = 48, size=(160, 120), square: int = 32) ->
 def synthetic_clip() -> Path:
     """`synthetic_frames()` at `SYNTHETIC_FPS` as an H.264 file next to the demo model (cached): decoded like any
     user video."""
-    from examples.demo_model import cache_dir
+    from hicom_transformers.examples.demo_model import cache_dir
 
     path = cache_dir() / "red-then-green-squares.mp4"
     return path if path.exists() else write_clip(path, synthetic_frames(), SYNTHETIC_FPS)
@@ -233,7 +233,7 @@ def load(args):
 
     questions = list(args.question or [])
     if args.model is None:
-        from examples.demo_model import demo_clip, demo_model_dir
+        from hicom_transformers.examples.demo_model import demo_clip, demo_model_dir
 
         folder = demo_model_dir()
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)

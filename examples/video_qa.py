@@ -23,7 +23,7 @@ from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
-from conversion.convert_hicom_original_to_hf import ConversionError, read_config
+from hicom_transformers.conversion.convert_hicom_original_to_hf import ConversionError, read_config
 
 PROG = "hicom-video-qa"
 
@@ -135,7 +135,7 @@ def stream_generate(model, streamer: TextIteratorStreamer, generate_kwargs: dict
 def answer(args) -> None:
     demo = args.model is None
     if demo:
-        from examples.demo_model import demo_clip, demo_model_dir
+        from hicom_transformers.examples.demo_model import demo_clip, demo_model_dir
 
         print("Embedded demo: a tiny HICom with RANDOM weights, built locally through the real converter.")
         print("Its answers are meaningless (shown as token ids); the token budget and every code path are real.\n")

@@ -27,7 +27,12 @@ def build_tiny_processor(video_processor=None):
     Qwen2 tokenizer with `<video>`/`<image>` added, its SigLIP tokenizer, and the fixture's compressor settings."""
     import json
 
-    from conversion.convert_hicom_original_to_hf import IMAGE_TOKEN, VIDEO_TOKEN, build_config, load_tokenizer
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import (
+        IMAGE_TOKEN,
+        VIDEO_TOKEN,
+        build_config,
+        load_tokenizer,
+    )
     from processing_hicom import HicomProcessor
 
     original_dir, siglip_dir = FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384"
@@ -86,7 +91,7 @@ def closed_local_url() -> str:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """The tiny reference checkpoint converted by the real converter: a folder as it would be on the Hub."""
-    from conversion.convert_hicom_original_to_hf import convert
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 
     return convert(
         FIXTURE / "original_checkpoint", FIXTURE / "siglip-so400m-patch14-384", tmp_path_factory.mktemp("hub") / "hicom"

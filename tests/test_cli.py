@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from examples.video_qa import main
+from hicom_transformers.examples.video_qa import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_installed_command_reports_an_unreachable_hub_model_in_one_line(clip):
 
 BROKEN_GENERATE = """
 import sys, torch, transformers
-from examples.video_qa import main
+from hicom_transformers.examples.video_qa import main
 
 def broken(self, *args, streamer=None, **kwargs):
     streamer.put(kwargs["input_ids"])  # the prompt, then one answer token, then a failure

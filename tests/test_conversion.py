@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conversion.convert_hicom_original_to_hf import (
+from hicom_transformers.conversion.convert_hicom_original_to_hf import (
     ConversionError,
     build_config,
     convert,
@@ -507,7 +507,8 @@ def test_conversion_logs_no_config_warnings(tmp_path):
     every conversion print two warnings; run in a fresh process, as warnings are printed once per process."""
     fixture = FIXTURES / FIXTURE_NAMES[0]
     result = subprocess.run(
-        [sys.executable, "-m", "conversion.convert_hicom_original_to_hf", "--input", fixture / "original_checkpoint",
+        [sys.executable, "-m", "hicom_transformers.conversion.convert_hicom_original_to_hf",
+         "--input", fixture / "original_checkpoint",
          "--vision-tower", fixture / "siglip-so400m-patch14-384", "--output", tmp_path / "converted"],
         cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
     )
@@ -521,7 +522,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 
 def run_cli(capsys, *args):
     """`hicom-convert ARGS` in-process: (exit code, stderr)."""
-    from conversion.convert_hicom_original_to_hf import main
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(arg) for arg in args])
@@ -602,7 +603,7 @@ def test_a_failed_conversion_leaves_nothing_behind(checkpoint_copy, tmp_path):
 
 
 def test_help_keeps_the_example_lines(capsys):
-    from conversion.convert_hicom_original_to_hf import main
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

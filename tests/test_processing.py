@@ -198,7 +198,7 @@ def test_expansion_equals_what_the_model_produces():
     """For 1..40 frames, the placeholder count the processor writes is the number of tokens the compressor outputs.
     The fixture's settings at 70 px (5x5 patches: the spatial windows overlap) keep 820 frames cheap; weights and
     depth do not matter for counts."""
-    from conversion.convert_hicom_original_to_hf import build_config
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import build_config
     from modeling_hicom import HicomModel
 
     processor = build_tiny_processor(video_processor=HicomVideoProcessor(size={"height": 70, "width": 70}, patch_size=14))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conversion.convert_hicom_original_to_hf import convert
+from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -11,7 +11,7 @@ from conftest import build_tiny_processor
 from PIL import Image
 from tiny_models import random_inputs, tiny_config, tiny_model
 
-import examples.relevance_map as relevance_example
+import hicom_transformers.examples.relevance_map as relevance_example
 from modeling_hicom import frame_box, global_relevance, local_relevance, patch_map_to_pixels, relevance_maps
 from modeling_hicom.compressor_hicom import window_index
 from processing_hicom import HicomVideoProcessor

@@ -50,7 +50,7 @@ from test_video_processing import (  # noqa: F401  (module fixture: zero-byte, t
 )
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from conversion.convert_hicom_original_to_hf import convert
+from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 from modeling_hicom import HicomConfig
 from processing_hicom.pipeline_hicom import TASK
 from processing_hicom.video_processing_hicom import load_video, uniform_indices

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from test_conversion import run_isolated
 from tiny_models import random_inputs, tiny_model
 
-from conversion.convert_hicom_original_to_hf import convert
+from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 from modeling_hicom import relevance_maps
 
 ALL_LOCAL_ADAPTERS = dict(local_adapt_query=True, local_adapt_key=True, local_adapt_value=True, local_adapt_instruct=True)
@@ -243,7 +243,7 @@ ORIGINAL_VARIANTS = {
 def original_projector(projector_type, use_guide, use_clip_scale, width=256, text_width=64, seed=0):
     """Random `model.mm_projector.*` tensors with the names and shapes the original code gives a variant (written
     from the original's parameter list, not from this project's converter)."""
-    from conversion.convert_hicom_original_to_hf import parse_projector_type
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import parse_projector_type
 
     settings = parse_projector_type(projector_type, use_guide, use_clip_scale)
     generator = torch.Generator().manual_seed(seed)

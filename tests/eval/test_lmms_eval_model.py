@@ -22,7 +22,7 @@ from loguru import logger  # noqa: E402  (lmms-eval's logger)
 from lmms_eval.api.instance import Instance  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 
-from conversion.convert_hicom_original_to_hf import convert  # noqa: E402
+from hicom_transformers.conversion.convert_hicom_original_to_hf import convert  # noqa: E402
 from lmms_eval_hicom import TASKS_DIR  # noqa: E402
 from lmms_eval_hicom.model import Hicom, cut_at_stops, generate_kwargs  # noqa: E402
 from lmms_eval_hicom.offline_task import TASK_DIR, docs  # noqa: E402

@@ -23,7 +23,7 @@ SERVED_NUM_FRAMES = 8
 def convert_tiny_fixture(output: Path) -> Path:
     """`hicom-convert` output for the tiny reference checkpoint with its LM's 4 heads / 2 KV heads of 16 channels
     regrouped as 2 heads / 1 KV head of 32 (the same weight shapes): vLLM's CPU attention needs head_dim >= 32."""
-    from conversion.convert_hicom_original_to_hf import convert
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 
     original = output.parent / "original_checkpoint"
     shutil.copytree(FIXTURE / "original_checkpoint", original)
