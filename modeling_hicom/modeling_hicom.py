@@ -48,6 +48,26 @@ class _EachMessageOnce(std_logging.Filter):
 std_logging.getLogger("bitsandbytes.autograd._functions").addFilter(_EachMessageOnce())
 
 
+# The inputs HICom adds to a language model's, documented once for both models' `forward` (`auto_docstring`).
+HICOM_INPUTS_DOCSTRING = r"""
+    pixel_values_videos (`torch.FloatTensor` of shape `(sum_i T_i, 3, image_size, image_size)`):
+        The frames of all videos, concatenated (`HicomProcessor` returns them).
+    video_num_frames (`torch.LongTensor` of shape `(num_videos,)`):
+        Frames per video.
+    instruct_input_ids (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+        The instruction that conditions each video's compression, tokenized by the SigLIP tokenizer with
+        `padding="max_length"`.
+    instruct_attention_mask (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
+        Its attention mask.
+    image_instruct_input_ids (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+        The instruction of each image.
+    image_instruct_attention_mask (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
+        Its attention mask.
+    vision_batch_size (`int`, *optional*):
+        Frames encoded at once (defaults to `config.vision_batch_size`); results do not depend on it.
+"""
+
+
 @dataclass
 class HicomVideoFeaturesOutput(ModelOutput):
     """
@@ -369,7 +389,7 @@ class HicomModel(HicomPreTrainedModel):
         return tuple(masks)
 
     @can_return_tuple
-    @auto_docstring
+    @auto_docstring(custom_args=HICOM_INPUTS_DOCSTRING)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -387,23 +407,6 @@ class HicomModel(HicomPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> HicomModelOutputWithPast:
-        r"""
-        pixel_values_videos (`torch.FloatTensor` of shape `(sum_i T_i, 3, image_size, image_size)`):
-            The frames of all videos, concatenated (`HicomProcessor` returns them).
-        video_num_frames (`torch.LongTensor` of shape `(num_videos,)`):
-            Frames per video.
-        instruct_input_ids (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
-            The instruction that conditions each video's compression, tokenized by the SigLIP tokenizer with
-            `padding="max_length"`.
-        instruct_attention_mask (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
-            Its attention mask.
-        image_instruct_input_ids (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
-            The instruction of each image.
-        image_instruct_attention_mask (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
-            Its attention mask.
-        vision_batch_size (`int`, *optional*):
-            Frames encoded at once (defaults to `config.vision_batch_size`); results do not depend on it.
-        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -481,7 +484,7 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(*args, **kwargs)
 
     @can_return_tuple
-    @auto_docstring
+    @auto_docstring(custom_args=HICOM_INPUTS_DOCSTRING)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -500,21 +503,6 @@ class HicomForConditionalGeneration(HicomPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> HicomCausalLMOutputWithPast | tuple:
-        r"""
-        pixel_values_videos (`torch.FloatTensor` of shape `(sum_i T_i, 3, image_size, image_size)`):
-            The frames of all videos, concatenated (`HicomProcessor` returns them).
-        video_num_frames (`torch.LongTensor` of shape `(num_videos,)`):
-            Frames per video.
-        instruct_input_ids (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
-            The instruction that conditions each video's compression, tokenized by the SigLIP tokenizer with
-            `padding="max_length"`.
-        instruct_attention_mask (`torch.LongTensor` of shape `(num_videos, instruct_max_length)`):
-            Its attention mask.
-        image_instruct_input_ids (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
-            The instruction of each image.
-        image_instruct_attention_mask (`torch.LongTensor` of shape `(num_images, instruct_max_length)`):
-            Its attention mask.
-        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
