@@ -318,7 +318,9 @@ class HicomProcessor(ProcessorMixin):
         follow the model's compressor, so it reads the model's own copy instead of keeping a second one. Arguments
         given to `from_pretrained` still override them."""
         processor_dict, unused = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
-        config, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)  # {} without the file
+        # `trust_remote_code` is for the Auto classes (it warns here); a config dict runs no code.
+        hub_kwargs = {key: value for key, value in kwargs.items() if key != "trust_remote_code"}
+        config, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)  # {} without a file
         if not config:
             raise OSError(
                 f"{str(pretrained_model_name_or_path)!r} has no model config.json: HicomProcessor reads the compressor "

@@ -550,6 +550,22 @@ def test_pad_to_num_frames_reaches_the_video_processor(processor):
     assert chat["video_num_frames"].tolist() == [3]
 
 
+def test_do_sample_frames_is_honoured(processor):
+    """`apply_chat_template` sets `do_sample_frames=True` when given `num_frames`/`fps`, and a user may pass
+    `False` (every frame, as transformers' video processors read it): neither is dropped or ignored."""
+    video = clip(12)
+    every = processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False)
+    assert every["video_num_frames"].tolist() == [12] and video_count(every, processor) == processor.num_video_tokens(12)
+    with pytest.raises(ValueError, match="do_sample_frames=False.*num_frames"):
+        processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False, num_frames=4)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "What?"}]}]
+    sampled = processor.apply_chat_template(messages, tokenize=True, return_dict=True, num_frames=4)
+    assert sampled["video_num_frames"].tolist() == [4]
+    for kwargs in (dict(do_sample_frames=False), dict(processor_kwargs={"do_sample_frames": False})):
+        chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+        assert chat["video_num_frames"].tolist() == [12], kwargs
+
+
 def test_image_sources(processor, http_folder, closed_local_url):
     from PIL import Image
 
