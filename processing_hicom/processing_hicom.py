@@ -207,15 +207,16 @@ def _check_num_frames(num_frames) -> int:
     return int(num_frames)
 
 
-def num_video_tokens(num_frames, patch_grid, local_temporal_kernel, local_spatial_kernel, num_global_queries,
+def num_video_tokens(num_frames, patch_grid, *, local_temporal_kernel, local_spatial_kernel, num_global_queries,
                      use_local_level) -> int:
     """LLM positions a video of `num_frames` frames becomes: the local level's windows
     `ceil(T/kt) x ceil(rows/ks) x ceil(cols/ks)` (when `use_local_level`) plus the `num_global_queries` global tokens.
 
     `patch_grid` is the vision tower's `(rows, cols)` of patches per frame; the other arguments are the model config's
-    fields of the same names (`TOKEN_COUNT_FIELDS`). `kt` is 1 for a single frame (images), as in the model. The one place this count is
-    computed: the processor, the benchmarks and the vLLM plugin call it, and tests check it against the model's output.
-    Released settings, 32 frames at 27x27 patches: 8*9*9 + 32 = 680.
+    fields of the same names (`TOKEN_COUNT_FIELDS`). `kt` is 1 for a single frame (images), as in the model. This is
+    the one place the count is computed: the processor (hence the vLLM plugin) and the benchmarks call it, and a test
+    checks it against the tokens every compressor variant outputs. Released settings, 32 frames at 27x27 patches:
+    8*9*9 + 32 = 680.
     """
     num_frames = _check_num_frames(num_frames)
     rows, cols = patch_grid
@@ -307,7 +308,8 @@ class HicomProcessor(ProcessorMixin):
         (there is no CPU build of torchvision here), so its check would fail on any video processor."""
         if argument_name == "video_processor":
             if not isinstance(argument, VideoProcessorMixin):
-                raise TypeError(f"`video_processor` must be a HicomVideoProcessor, got {type(argument).__name__}.")
+                raise TypeError(f"`video_processor` must be a video processor (a HicomVideoProcessor), got "
+                                f"{type(argument).__name__}.")
             return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 

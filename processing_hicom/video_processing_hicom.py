@@ -913,8 +913,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
 
         Given neither `num_frames` nor `fps`, the configured `fps` (when set) or `num_frames` applies, unless
         `do_sample_frames=False`: transformers' video processors read that as "process every frame", and
-        `ProcessorMixin.apply_chat_template` sets it to `True` whenever `num_frames` or `fps` is given. Every frame still
-        stops at `max_frames` when one is configured or given.
+        `ProcessorMixin.apply_chat_template` sets it to `True` whenever `num_frames` or `fps` is given. Every frame
+        still stops at `max_frames` when one is configured or given.
         """
         do_sample_frames = True if do_sample_frames is None else do_sample_frames
         _check_flag("do_sample_frames", do_sample_frames)

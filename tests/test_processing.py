@@ -284,7 +284,8 @@ def test_several_videos_per_prompt_flat_or_nested(processor):
         assert torch.equal(flat[key], nested[key]), key
     assert flat["video_num_frames"].tolist() == [6, 6, 6]
     assert flat["instruct_input_ids"].shape == (3, 64)
-    assert [video_count(flat, processor, row) for row in range(3)] == [2 * processor.num_video_tokens(6), 0, processor.num_video_tokens(6)]
+    six = processor.num_video_tokens(6)
+    assert [video_count(flat, processor, row) for row in range(3)] == [2 * six, 0, six]
     expected = processor.tokenize_instructions(["Compare the two clips.", "Compare the two clips.", "What is shown?"])
     assert torch.equal(flat["instruct_input_ids"], expected["input_ids"])
 
@@ -366,7 +367,8 @@ def test_apply_chat_template_in_memory_video_and_batch(processor):
         processor.tokenizer.padding_side = "right"
     assert outputs["input_ids"].shape[0] == 2 and outputs["video_num_frames"].tolist() == [6]
     assert outputs["attention_mask"][:, -1].all()
-    assert video_count(outputs, processor, 0) == processor.num_video_tokens(6) and video_count(outputs, processor, 1) == 0
+    assert video_count(outputs, processor, 0) == processor.num_video_tokens(6)
+    assert video_count(outputs, processor, 1) == 0
 
 
 # --- save / load ---------------------------------------------------------------------------------------------------
@@ -555,7 +557,8 @@ def test_do_sample_frames_is_honoured(processor):
     `False` (every frame, as transformers' video processors read it): neither is dropped or ignored."""
     video = clip(12)
     every = processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False)
-    assert every["video_num_frames"].tolist() == [12] and video_count(every, processor) == processor.num_video_tokens(12)
+    assert every["video_num_frames"].tolist() == [12]
+    assert video_count(every, processor) == processor.num_video_tokens(12)
     with pytest.raises(ValueError, match="do_sample_frames=False.*num_frames"):
         processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False, num_frames=4)
     messages = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "What?"}]}]
