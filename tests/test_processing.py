@@ -429,6 +429,15 @@ def test_settings_come_from_the_model_config(processor, tmp_path):
     assert HicomProcessor.from_pretrained(tmp_path).num_video_tokens(8) == 5
 
 
+def test_a_converted_folder_holds_one_copy_of_the_settings(model_dir):
+    from transformers import AutoProcessor
+
+    assert not set(MODEL_CONFIG_FIELDS) & set(json.loads((model_dir / "processor_config.json").read_text()))
+    assert set(MODEL_CONFIG_FIELDS) <= set(json.loads((model_dir / "config.json").read_text()))
+    loaded = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    assert loaded.num_video_tokens(8) == json.loads((FIXTURE / "reference_io.json").read_text())["num_visual_tokens"]
+
+
 def test_a_folder_without_the_model_config_is_a_clear_error(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     with pytest.raises(OSError, match="config.json"):
