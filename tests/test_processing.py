@@ -191,46 +191,12 @@ def test_video_expands_to_num_video_tokens(processor, num_frames):
     assert processor.num_raw_tokens(num_frames) == num_frames * 81
 
 
-def fixture_config(processor, **vision):
-    """The model config the converter writes for the tiny fixture, its vision tower changed by `vision`."""
-    from hicom_transformers.conversion.convert_hicom_original_to_hf import build_config
-
-    original = json.loads((FIXTURE / "original_checkpoint" / "config.json").read_text())
-    siglip = json.loads((FIXTURE / "siglip-so400m-patch14-384" / "config.json").read_text())
-    siglip["vision_config"].update(vision)
-    return build_config(original, siglip, processor.video_token_id, processor.image_token_id)
-
-
-def test_expansion_equals_what_the_model_produces():
-    """For 1..40 frames, the placeholder count the processor writes is the number of tokens the compressor outputs.
-    The fixture's settings at 70 px (5x5 patches: the spatial windows overlap) keep 820 frames cheap; weights and
-    depth do not matter for counts."""
-    from modeling_hicom import HicomModel
-
-    processor = build_tiny_processor(video_processor=HicomVideoProcessor(size={"height": 70, "width": 70}, patch_size=14))
-    config = fixture_config(processor, image_size=70, num_hidden_layers=1)
-    config.instruct_config.num_hidden_layers = 1
-    torch.manual_seed(0)
-    model = HicomModel(config).eval()
-    frames = list(range(1, 41))
-    per_video = [processor(text="<video>\nWhat happens?", videos=clip(n, 14, 14, seed=n), num_frames=n) for n in frames]
-    assert [int(inputs["video_num_frames"]) for inputs in per_video] == frames
-    with torch.no_grad():  # all 40 videos in one batch
-        tokens = model.get_video_features(
-            torch.cat([inputs["pixel_values_videos"] for inputs in per_video]),
-            torch.cat([inputs["video_num_frames"] for inputs in per_video]),
-            torch.cat([inputs["instruct_input_ids"] for inputs in per_video]),
-            torch.cat([inputs["instruct_attention_mask"] for inputs in per_video]),
-        ).pooler_output
-    expanded = [video_count(inputs, processor) for inputs in per_video]
-    assert [t.shape[0] for t in tokens] == expanded == [processor.num_video_tokens(n) for n in frames]
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_count_equals_what_the_model_produces(processor, variant):
     """`num_video_tokens`, the one token-count formula, against the tokens each compressor variant outputs, for every
     clip length from 1 to 40 frames (one batch of 40 videos per variant; the tiny models' 5x5 patch grid makes the
-    spatial windows overlap)."""
+    spatial windows overlap). With `test_video_expands_to_num_video_tokens`, the placeholders the processor writes are
+    the tokens the model produces."""
     model = tiny_model(**VARIANTS[variant])
     size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
     counting = HicomProcessor(
@@ -385,6 +351,15 @@ def assert_same(a, b):
     assert sorted(a) == sorted(b)
     for key in a:
         assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+
+
+def fixture_config(processor):
+    """The model config the converter writes for the tiny fixture."""
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import build_config
+
+    original = json.loads((FIXTURE / "original_checkpoint" / "config.json").read_text())
+    siglip = json.loads((FIXTURE / "siglip-so400m-patch14-384" / "config.json").read_text())
+    return build_config(original, siglip, processor.video_token_id, processor.image_token_id)
 
 
 def save_folder(processor, folder):
