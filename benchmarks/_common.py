@@ -23,6 +23,8 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from processing_hicom import num_video_tokens  # noqa: E402
+
 MB = 2**20
 # Large allocations by mmap, returned to the OS when freed: resident memory then tracks live tensors, so peaks
 # measured in worker processes are those of the computation, not of the allocator's cache.
@@ -177,9 +179,10 @@ QWEN2_05B = dict(
 
 
 def hicom_tokens(frames: int, side: int = 27, temporal: int = 4, spatial: int = 3, global_queries: int = 32) -> int:
-    """Compressed tokens of a `frames`-frame video (docs/architecture.md, "The compressor's math")."""
-    temporal = 1 if frames == 1 else temporal
-    return -(-frames // temporal) * (-(-side // spatial)) ** 2 + global_queries
+    """Compressed tokens of a `frames`-frame video at `side x side` patches, released settings by default: the
+    processor's own count (`processing_hicom.num_video_tokens`)."""
+    return num_video_tokens(frames, (side, side), local_temporal_kernel=temporal, local_spatial_kernel=spatial,
+                            num_global_queries=global_queries, use_local_level=True)
 
 
 # --- results --------------------------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature, SiglipTextConfig
+from transformers import AutoTokenizer, BatchFeature, PretrainedConfig, SiglipTextConfig
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
 
 from .pipeline_hicom import register_pipeline
+from .video_processing_hicom import SAMPLING_OPTIONS
 
 logger = logging.get_logger(__name__)
 
@@ -189,6 +191,44 @@ def _count_per_row(input_ids, token_id: int) -> list[int]:
     return [list(row).count(token_id) for row in input_ids]
 
 
+# --- Token budget ---------------------------------------------------------------------------------------------------
+# The model config's fields that fix how many tokens a video becomes (`num_video_tokens`'s arguments).
+TOKEN_COUNT_FIELDS = ("local_temporal_kernel", "local_spatial_kernel", "num_global_queries", "use_local_level")
+# Every model config field the processor needs. `HicomProcessor.from_pretrained` reads them from the model's
+# `config.json`, so that a converted folder holds one copy of them.
+MODEL_CONFIG_FIELDS = (*TOKEN_COUNT_FIELDS, "instruct_max_length")
+
+
+def _check_num_frames(num_frames) -> int:
+    if isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1:
+        num_frames = num_frames.item()
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"`num_frames` must be a positive integer, got {num_frames!r}.")
+    return int(num_frames)
+
+
+def num_video_tokens(num_frames, patch_grid, *, local_temporal_kernel, local_spatial_kernel, num_global_queries,
+                     use_local_level) -> int:
+    """LLM positions a video of `num_frames` frames becomes: the local level's windows
+    `ceil(T/kt) x ceil(rows/ks) x ceil(cols/ks)` (when `use_local_level`) plus the `num_global_queries` global tokens.
+
+    `patch_grid` is the vision tower's `(rows, cols)` of patches per frame; the other arguments are the model config's
+    fields of the same names (`TOKEN_COUNT_FIELDS`). `kt` is 1 for a single frame (images), as in the model. This is
+    the one place the count is computed: the processor (hence the vLLM plugin) and the benchmarks call it, and a test
+    checks it against the tokens every compressor variant outputs. Released settings, 32 frames at 27x27 patches:
+    8*9*9 + 32 = 680.
+    """
+    num_frames = _check_num_frames(num_frames)
+    rows, cols = patch_grid
+    if not use_local_level:
+        return num_global_queries
+    kt, ks = (1 if num_frames == 1 else local_temporal_kernel), local_spatial_kernel
+    return math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) + num_global_queries
+
+
+# What `HicomProcessor.__call__` passes on to the video processor (`ProcessorMixin.apply_chat_template` sets
+# `do_sample_frames`) and to the LLM tokenizer.
+VIDEO_KWARGS = (*SAMPLING_OPTIONS, "do_sample_frames")
 _TOKENIZER_KWARGS = (
     "add_special_tokens",
     "truncation",
@@ -215,11 +255,11 @@ class HicomProcessor(ProcessorMixin):
         video_processor: a `HicomVideoProcessor` (frame sampling and SigLIP preprocessing; also used for images).
         chat_template (`str`, defaults to `HICOM_CHAT_TEMPLATE`): Qwen2.5 ChatML; video blocks render as `"<video>\n"`.
         video_token / image_token (`str`): placeholders in the prompt.
-        temporal_kernel / spatial_kernel / num_global_queries / use_local_level: the compressor's settings (the model
-            config's `local_temporal_kernel`, `local_spatial_kernel`, `num_global_queries`, `use_local_level`); they
-            fix the token count.
-        instruct_max_length (`int`, defaults to 64): instruction length (SigLIP pools the last position, so
-            instructions are padded to it).
+        local_temporal_kernel / local_spatial_kernel / num_global_queries / use_local_level: the compressor's
+            settings, which fix the token count (`num_video_tokens`), and instruct_max_length (`int`, defaults to 64):
+            the instruction length (SigLIP pools the last position, so instructions are padded to it). These are the
+            model config's fields of the same names (`MODEL_CONFIG_FIELDS`): `from_pretrained` reads them from the
+            model's `config.json` in the same folder, and `save_pretrained` does not copy them into the processor's.
     """
 
     def __init__(
@@ -230,24 +270,24 @@ class HicomProcessor(ProcessorMixin):
         chat_template=None,
         video_token=VIDEO_TOKEN,
         image_token=IMAGE_TOKEN,
-        temporal_kernel=4,
-        spatial_kernel=3,
+        local_temporal_kernel=4,
+        local_spatial_kernel=3,
         num_global_queries=32,
-        instruct_max_length=64,
         use_local_level=True,
+        instruct_max_length=64,
     ):
-        for name, value in (("temporal_kernel", temporal_kernel), ("spatial_kernel", spatial_kernel),
-                            ("instruct_max_length", instruct_max_length)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if not isinstance(num_global_queries, int) or num_global_queries < 0:
-            raise ValueError(f"`num_global_queries` must be a non-negative integer, got {num_global_queries!r}.")
+        for name, value, low in (("local_temporal_kernel", local_temporal_kernel, 1),
+                                 ("local_spatial_kernel", local_spatial_kernel, 1),
+                                 ("num_global_queries", num_global_queries, 0),
+                                 ("instruct_max_length", instruct_max_length, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
         if not isinstance(use_local_level, bool):
             raise ValueError(f"`use_local_level` must be True or False, got {use_local_level!r}.")
         self.video_token = video_token
         self.image_token = image_token
-        self.temporal_kernel = temporal_kernel
-        self.spatial_kernel = spatial_kernel
+        self.local_temporal_kernel = local_temporal_kernel
+        self.local_spatial_kernel = local_spatial_kernel
         self.num_global_queries = num_global_queries
         self.use_local_level = use_local_level
         self.instruct_max_length = instruct_max_length
@@ -263,29 +303,43 @@ class HicomProcessor(ProcessorMixin):
                 )
 
     def check_argument_for_proper_class(self, argument_name, argument):
-        """Type-check the video processor ourselves: transformers' lookup goes through `AutoVideoProcessor`'s mapping,
-        a placeholder that raises when torchvision is missing (it has no CPU build here). Checked by name: loaded as
-        remote code, the class lives in a dynamic module, not in our import of `video_processing_hicom`."""
+        """transformers' check, against the same base class, for the video processor too. transformers looks
+        `VideoProcessorMixin` up by name in its top-level namespace, which lacks it when torchvision is not installed
+        (there is no CPU build of torchvision here), so its check would fail on any video processor."""
         if argument_name == "video_processor":
-            if not any(cls.__name__ == "HicomVideoProcessor" for cls in type(argument).__mro__):
-                raise TypeError(f"`video_processor` must be a HicomVideoProcessor, got {type(argument).__name__}.")
-            return type(argument)
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"`video_processor` must be a video processor (a HicomVideoProcessor), got "
+                                f"{type(argument).__name__}.")
+            return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Load the video processor as this file's sibling class. `AutoVideoProcessor` would need torchvision's mapping,
-        and would ask again to trust the folder's code although this very code is already the one running."""
-        from .video_processing_hicom import HicomVideoProcessor
+    def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.get_processor_dict`, plus the `MODEL_CONFIG_FIELDS` read from the model's `config.json`
+        in the same folder (same `subfolder`, `revision`, cache and token options): the processor's token count must
+        follow the model's compressor, so it reads the model's own copy instead of keeping a second one. Arguments
+        given to `from_pretrained` still override them."""
+        processor_dict, unused = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        # `trust_remote_code` is for the Auto classes (it warns here); a config dict runs no code.
+        hub_kwargs = {key: value for key, value in kwargs.items() if key != "trust_remote_code"}
+        config, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)  # {} without a file
+        if not config:
+            raise OSError(
+                f"{str(pretrained_model_name_or_path)!r} has no model config.json: HicomProcessor reads the compressor "
+                f"settings {list(MODEL_CONFIG_FIELDS)} from it. Save the model to the same folder as the processor."
+            )
+        missing = [name for name in MODEL_CONFIG_FIELDS if name not in config]
+        if missing:
+            raise ValueError(
+                f"The config.json of {str(pretrained_model_name_or_path)!r} lacks {missing}: it is not a HICom model "
+                "config."
+            )
+        return {**processor_dict, **{name: config[name] for name in MODEL_CONFIG_FIELDS}}, unused
 
-        subfolder = kwargs.pop("subfolder", "")
-        tokenizers = [
-            cls._load_tokenizer_from_pretrained(name, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-            for name in ("tokenizer", "instruct_tokenizer")
-        ]
-        kwargs.pop("trust_remote_code", None)
-        video_processor = HicomVideoProcessor.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        return [*tokenizers, video_processor]
+    def to_dict(self) -> dict:
+        """`ProcessorMixin.to_dict` without `MODEL_CONFIG_FIELDS`: the model's config.json holds them (see
+        `get_processor_dict`)."""
+        return {key: value for key, value in super().to_dict().items() if key not in MODEL_CONFIG_FIELDS}
 
     @property
     def video_token_id(self) -> int:
@@ -315,29 +369,15 @@ class HicomProcessor(ProcessorMixin):
         return size["height"] // patch, size["width"] // patch
 
     def num_video_tokens(self, num_frames: int) -> int:
-        """LLM positions one video of `num_frames` frames takes: local grid `ceil(T/kt) x ceil(P/ks)^2` + global queries.
-
-        `kt` is 1 for a single frame (images), as in the model. Released settings, 32 frames: 8*9*9 + 32 = 680.
-        """
-        num_frames = self._check_num_frames(num_frames)
-        kt = 1 if num_frames == 1 else self.temporal_kernel
-        rows, cols = self._patch_grid()
-        ks = self.spatial_kernel
-        local = math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) if self.use_local_level else 0
-        return local + self.num_global_queries
+        """LLM positions one video of `num_frames` frames takes (the module's `num_video_tokens` with this processor's
+        frame size and compressor settings)."""
+        settings = {name: getattr(self, name) for name in TOKEN_COUNT_FIELDS}
+        return num_video_tokens(num_frames, self._patch_grid(), **settings)
 
     def num_raw_tokens(self, num_frames: int) -> int:
         """SigLIP patch tokens of `num_frames` frames without compression (32 frames at 384 px: 23,328)."""
         rows, cols = self._patch_grid()
-        return self._check_num_frames(num_frames) * rows * cols
-
-    @staticmethod
-    def _check_num_frames(num_frames) -> int:
-        if isinstance(num_frames, torch.Tensor) and num_frames.numel() == 1:
-            num_frames = num_frames.item()
-        if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-            raise ValueError(f"`num_frames` must be a positive integer, got {num_frames!r}.")
-        return int(num_frames)
+        return _check_num_frames(num_frames) * rows * cols
 
     # --- instructions ----------------------------------------------------------------------------------------------
     def extract_instruction(self, prompt: str) -> str:
@@ -391,12 +431,6 @@ class HicomProcessor(ProcessorMixin):
         videos=None,
         images=None,
         instructions=None,
-        num_frames=None,
-        fps=None,
-        start=None,
-        end=None,
-        max_frames=None,
-        pad_to_num_frames=None,
         padding=None,
         return_tensors="pt",
         return_metadata=False,
@@ -412,13 +446,15 @@ class HicomProcessor(ProcessorMixin):
             instructions: what conditions the compression; by default taken from each prompt's (last) user text, see
                 `extract_instruction`. A string (all placeholders), one per placeholder in order of appearance, or one
                 per prompt.
-            num_frames / fps / start / end / max_frames / pad_to_num_frames: frame sampling, passed to the video
-                processor (`num_frames` and `fps` are exclusive; `pad_to_num_frames=False` gives a clip shorter than
-                `num_frames` its own frames only, instead of the reference's black padding frames).
             padding: tokenizer padding; default `True` for several prompts. The side is `tokenizer.padding_side` (set
                 it to `"left"` for batched generation).
             return_metadata: also return `video_metadata` (sampled indices, timestamps...) per video.
-            kwargs: tokenizer options (`add_special_tokens`, `truncation`, `max_length`, ...).
+            kwargs: the video processor's sampling options, `num_frames`, `fps`, `start`, `end`, `max_frames`,
+                `pad_to_num_frames` (see `VideoSampling`; `num_frames` and `fps` are exclusive;
+                `pad_to_num_frames=False` gives a clip shorter than `num_frames` its own frames only, instead of the
+                reference's black padding frames) and `do_sample_frames` (`False`: every frame, see
+                `HicomVideoProcessor.resolve_sampling`); and tokenizer options (`add_special_tokens`, `truncation`,
+                `max_length`, ...).
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask`; with videos `pixel_values_videos` (sum T_i, 3, S, S),
@@ -426,8 +462,7 @@ class HicomProcessor(ProcessorMixin):
             instruct_max_length); with images `pixel_values` (num_images, 3, S, S), `image_instruct_input_ids` /
             `image_instruct_attention_mask`.
         """
-        # Set by `ProcessorMixin.apply_chat_template`; HICom always samples frames.
-        kwargs.pop("do_sample_frames", None)
+        video_kwargs = {name: kwargs.pop(name) for name in VIDEO_KWARGS if name in kwargs}
         # Generic multimodal callers (lmms-eval's `huggingface` model, `apply_chat_template`) pass every modality, the
         # ones a prompt does not use as `None` or `[]`. HICom has no audio input: only actual audio is an error.
         for name in ("audio", "audios"):
@@ -448,8 +483,6 @@ class HicomProcessor(ProcessorMixin):
         elif not (isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text)):
             raise TypeError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}.")
         text = list(text)
-        if num_frames is not None and fps is not None:
-            raise ValueError("Give either `num_frames` or `fps`, not both.")
 
         placeholder = re.compile(f"{re.escape(self.video_token)}|{re.escape(self.image_token)}")
         kinds = [["video" if m == self.video_token else "image" for m in placeholder.findall(t)] for t in text]
@@ -463,15 +496,7 @@ class HicomProcessor(ProcessorMixin):
         tokens_per_visual = {"video": [], "image": []}  # LLM positions of each video / image, in order
         if flat_videos:
             video_inputs = self.video_processor(
-                flat_videos,
-                num_frames=num_frames,
-                fps=fps,
-                start=start,
-                end=end,
-                max_frames=max_frames,
-                pad_to_num_frames=pad_to_num_frames,
-                return_tensors="pt",
-                return_metadata=return_metadata,
+                flat_videos, return_tensors="pt", return_metadata=return_metadata, **video_kwargs
             )
             tokens_per_visual["video"] = [self.num_video_tokens(int(n)) for n in video_inputs["video_num_frames"]]
             data["pixel_values_videos"] = video_inputs["pixel_values_videos"]
@@ -547,32 +572,19 @@ class HicomProcessor(ProcessorMixin):
         return flat
 
     # --- chat ----------------------------------------------------------------------------------------------------------
-    def apply_chat_template(
-        self,
-        conversation,
-        chat_template=None,
-        num_frames=None,
-        fps=None,
-        start=None,
-        end=None,
-        max_frames=None,
-        pad_to_num_frames=None,
-        instructions=None,
-        processor_kwargs=None,
-        **kwargs,
-    ):
-        """`ProcessorMixin.apply_chat_template`, with HICom's sampling and instruction arguments taken directly.
+    def apply_chat_template(self, conversation, chat_template=None, processor_kwargs=None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, also taking this processor's own call arguments (`instructions` and
+        the video arguments of `__call__`) directly, as `apply_chat_template(messages, num_frames=8)`: transformers
+        wants them in `processor_kwargs` and would otherwise warn.
 
         Video blocks may name the video with `path`, `url` (a path or a `file://`, `data:` or http(s) URL) or `video`
         (also an array or frames), image blocks likewise (`image`, `url`, `path`, `base64`); with `tokenize=True` they
         are loaded by this processor, videos sampled with `num_frames`/`fps`.
         """
         processor_kwargs = dict(processor_kwargs or {})
-        for name, value in (("num_frames", num_frames), ("fps", fps), ("start", start), ("end", end),
-                            ("max_frames", max_frames), ("pad_to_num_frames", pad_to_num_frames),
-                            ("instructions", instructions)):
-            if value is not None:
-                processor_kwargs[name] = value
+        for name in (*VIDEO_KWARGS, "instructions"):
+            if name in kwargs:
+                processor_kwargs[name] = kwargs.pop(name)
         return super().apply_chat_template(
             conversation, chat_template=chat_template, processor_kwargs=processor_kwargs, **kwargs
         )
@@ -646,15 +658,7 @@ class HicomProcessor(ProcessorMixin):
                 **normalization,
             )
 
-        settings = {}
-        if config is not None:
-            settings = {
-                "temporal_kernel": config.local_temporal_kernel,
-                "spatial_kernel": config.local_spatial_kernel,
-                "num_global_queries": config.num_global_queries,
-                "instruct_max_length": config.instruct_max_length,
-                "use_local_level": config.use_local_level,
-            }
+        settings = {name: getattr(config, name) for name in MODEL_CONFIG_FIELDS} if config is not None else {}
         return cls(tokenizer, instruct_tokenizer, video_processor, chat_template=chat_template, **settings)
 
 
@@ -663,4 +667,5 @@ HicomProcessor.register_for_auto_class("AutoProcessor")
 # model object loaded by the user can be wrapped with `pipeline("video-text-to-text", model=model, processor=processor)`.
 register_pipeline()
 
-__all__ = ["HICOM_CHAT_TEMPLATE", "HicomProcessor", "extract_instruction"]
+__all__ = ["HICOM_CHAT_TEMPLATE", "MODEL_CONFIG_FIELDS", "TOKEN_COUNT_FIELDS", "HicomProcessor", "extract_instruction",
+           "num_video_tokens"]

@@ -21,7 +21,7 @@ import contextlib
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import chain
 from typing import TypedDict
 
@@ -72,73 +72,99 @@ def uniform_indices(num_available: int, num_frames: int) -> list[int]:
     return [round((i + 0.5) * segment + 1e-6) for i in range(num_frames)]
 
 
-def _check_sampling(num_frames, fps, start, end, max_frames) -> None:
-    """Raise a clear error for impossible sampling arguments before any file is opened."""
-    if num_frames is not None and fps is not None:
-        raise ValueError("Give either `num_frames` or `fps`, not both.")
-    for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    for name, value in (("fps", fps), ("start", start), ("end", end)):
-        if value is None:
-            continue
-        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
-            raise TypeError(f"`{name}` must be a number of {'frames per second' if name == 'fps' else 'seconds'}, "
-                            f"got {type(value).__name__}.")
-        if not math.isfinite(value) or value < 0 or (name == "fps" and value == 0):
-            bound = "> 0" if name == "fps" else ">= 0"
-            raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
-    if end is not None and end <= (start or 0):
-        raise ValueError(f"`end` ({end}) must be greater than `start` ({start or 0}).")
+@dataclass(frozen=True)
+class VideoSampling:
+    """Which frames of a video to keep: the frame-sampling options, defined and validated once.
+
+    `load_video`, `HicomVideoProcessor`, `HicomProcessor` and its `apply_chat_template` take these as keyword arguments
+    of the same names and build one `VideoSampling` from them, so an impossible combination fails here, before any file
+    is opened, with an error naming the argument.
+
+    Attributes:
+        num_frames: segment-middle sampling of this many frames over the clip (`uniform_indices`); a shorter clip gives
+            all its frames, then black padding frames up to `num_frames` (see `pad_to_num_frames`).
+        fps: instead, one frame every `1/fps` seconds (nearest frame, repeats dropped; never more frames than the video
+            has). Exclusive with `num_frames`.
+        start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled (a frame is shown
+            from its timestamp to the next one's, so a span shorter than a frame still holds one).
+        max_frames: cap on the sampled frames (segment-middle subsampling).
+        pad_to_num_frames: `False` never pads: a clip shorter than `num_frames` gives its own frames only.
+        Neither `num_frames` nor `fps`: every frame of the span (up to `max_frames`).
+    """
+
+    num_frames: int | None = None
+    fps: float | None = None
+    start: float | None = None
+    end: float | None = None
+    max_frames: int | None = None
+    pad_to_num_frames: bool = True
+
+    def __post_init__(self):
+        if self.num_frames is not None and self.fps is not None:
+            raise ValueError("Give either `num_frames` or `fps`, not both.")
+        for name in ("num_frames", "max_frames"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("fps", "start", "end"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a number of {'frames per second' if name == 'fps' else 'seconds'}, "
+                                f"got {type(value).__name__}.")
+            if not math.isfinite(value) or value < 0 or (name == "fps" and value == 0):
+                bound = "> 0" if name == "fps" else ">= 0"
+                raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
+        if self.end is not None and self.end <= (self.start or 0):
+            raise ValueError(f"`end` ({self.end}) must be greater than `start` ({self.start or 0}).")
+        _check_flag("pad_to_num_frames", self.pad_to_num_frames)
+
+    def select(self, timestamps, duration, num_available) -> tuple[list[int], int]:
+        """`(indices, padded_frames)`: which of the video's `num_available` frames to keep, and how many black frames
+        to append. `timestamps` (seconds, one per frame) and `duration` are `None` for in-memory frames, which have no
+        clock: they can only be sampled by count."""
+        first, stop = 0, num_available
+        if timestamps is None and (self.fps is not None or self.start is not None or self.end is not None):
+            raise ValueError("`fps`, `start` and `end` need frame timestamps; in-memory frames have none: sample them "
+                             "with `num_frames`.")
+        if self.start is not None or self.end is not None:
+            start = self.start or 0.0
+            if start >= duration:
+                raise ValueError(f"`start` ({start} s) is beyond the end of the video ({duration:.3f} s).")
+            first = max(bisect.bisect_right(timestamps, start) - 1, 0)
+            if self.end is not None:
+                stop = bisect.bisect_left(timestamps, self.end)
+        span = list(range(first, stop))
+        if self.fps is not None:
+            span_start = timestamps[first] if self.start is None else self.start
+            span_end = duration if self.end is None else min(self.end, duration)
+            chosen = []
+            for k in range(math.ceil((span_end - span_start) * self.fps - 1e-9)):
+                time = span_start + k / self.fps
+                i = bisect.bisect_left(timestamps, time, first, stop)
+                if i == stop or (i > first and time - timestamps[i - 1] <= timestamps[i] - time):
+                    i -= 1
+                if not chosen or chosen[-1] != i:
+                    chosen.append(i)
+            span = chosen or [first]
+        limit = self.num_frames
+        if self.max_frames is not None:
+            limit = self.max_frames if limit is None else min(limit, self.max_frames)
+        if limit is not None and len(span) > limit:
+            span = [span[i] for i in uniform_indices(len(span), limit)]
+        padded = limit - len(span) if self.num_frames is not None and self.pad_to_num_frames else 0
+        if padded:
+            _warn_padding(len(span), limit, padded)
+        return span, padded
+
+
+SAMPLING_OPTIONS = tuple(option.name for option in fields(VideoSampling))
 
 
 def _check_flag(name: str, value) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-
-
-def _select_frames(timestamps, duration, num_available, num_frames, fps, start, end, max_frames,
-                   pad_to_num_frames=True):
-    """`(indices, padded_frames)`: which frames of the video to keep, and how many black frames to append.
-
-    `[start, end)` keeps the frames *shown* during the span (frame i is on screen from `t_i` to `t_{i+1}`), so a span
-    shorter than a frame still holds one. `fps` samples at times `start + k/fps` (nearest frame, repeats dropped).
-    Neither `num_frames` nor `fps`: every frame of the span. `max_frames` caps the count with the same segment-middle
-    rule. Only `num_frames` pads, and only with `pad_to_num_frames` (see `_warn_padding`).
-    """
-    first, stop = 0, num_available
-    if timestamps is None and (fps is not None or start is not None or end is not None):
-        raise ValueError("`fps`, `start` and `end` need frame timestamps; in-memory frames have none: sample them "
-                         "with `num_frames`.")
-    if start is not None or end is not None:
-        start = start or 0.0
-        if start >= duration:
-            raise ValueError(f"`start` ({start} s) is beyond the end of the video ({duration:.3f} s).")
-        first = max(bisect.bisect_right(timestamps, start) - 1, 0)
-        if end is not None:
-            stop = bisect.bisect_left(timestamps, end)
-    span = list(range(first, stop))
-    if fps is not None:
-        span_start = timestamps[first] if start is None else start
-        span_end = duration if end is None else min(end, duration)
-        chosen = []
-        for k in range(math.ceil((span_end - span_start) * fps - 1e-9)):
-            time = span_start + k / fps
-            i = bisect.bisect_left(timestamps, time, first, stop)
-            if i == stop or (i > first and time - timestamps[i - 1] <= timestamps[i] - time):
-                i -= 1
-            if not chosen or chosen[-1] != i:
-                chosen.append(i)
-        span = chosen or [first]
-    limit = num_frames
-    if max_frames is not None:
-        limit = max_frames if limit is None else min(limit, max_frames)
-    if limit is not None and len(span) > limit:
-        span = [span[i] for i in uniform_indices(len(span), limit)]
-    padded = limit - len(span) if num_frames is not None and pad_to_num_frames else 0
-    if padded:
-        _warn_padding(len(span), limit, padded)
-    return span, padded
 
 
 def _warn_padding(num_real: int, num_frames: int, padded: int) -> None:
@@ -687,30 +713,24 @@ def _stack(frames: list[np.ndarray], name: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frames=None, pad_to_num_frames=True,
-               apply_rotation=True):
+def load_video(video, *, apply_rotation=True, **sampling):
     """Sampled frames of one video and where they came from: `(frames (T, H, W, 3) uint8, HicomVideoMetadata)`.
 
     Args:
         video: a path or binary file object (decoded with PyAV), or in-memory frames (see `frames_to_uint8`).
-        num_frames: segment-middle sampling of this many frames over the clip (`uniform_indices`); shorter clips give
-            all their frames and `metadata.padded_frames` says how many black frames to append (with a warning).
-        fps: instead, one frame every `1/fps` seconds (nearest frame; never more frames than the video has).
-        start / end: seconds from the first frame; only frames shown in `[start, end)` are sampled.
-        max_frames: upper bound on the sampled frames (segment-middle subsampling).
-        pad_to_num_frames: `False` never pads (`metadata.padded_frames` is 0): a short clip gives its own frames only.
         apply_rotation: turn frames upright by the file's display matrix (phone clips), as players do; `False` keeps
             the stored orientation, as the reference's decord loader does.
-        Neither `num_frames` nor `fps`: every frame of the clip (up to `max_frames`).
+        sampling: the options of `VideoSampling` (`num_frames`, `fps`, `start`, `end`, `max_frames`,
+            `pad_to_num_frames`); none of them: every frame. Black padding frames are not appended here:
+            `metadata.padded_frames` says how many to append.
 
     Decoded frames equal, bit for bit, those of a full sequential decode at the same presentation indices.
     """
-    _check_sampling(num_frames, fps, start, end, max_frames)
-    sampling = dict(num_frames=num_frames, fps=fps, start=start, end=end, max_frames=max_frames,
-                    pad_to_num_frames=pad_to_num_frames)
+    sampling = VideoSampling(**sampling)
+    _check_flag("apply_rotation", apply_rotation)
     if not (isinstance(video, (str, os.PathLike)) or _is_file(video)):
         frames = frames_to_uint8(video)
-        indices, padded = _select_frames(None, None, len(frames), **sampling)
+        indices, padded = sampling.select(None, None, len(frames))
         return frames[indices], HicomVideoMetadata(indices, None, None, None, len(frames), padded, *frames.shape[1:3])
 
     import av
@@ -727,7 +747,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
             else:
                 pts = index.pts
                 timeline = _Timeline.from_pts(pts, time_base, rate)
-                indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
+                indices, padded = sampling.select(timeline.timestamps, timeline.duration, len(pts))
                 try:
                     with progress_bar(len(indices), f"Decoding {source.name}", "frame") as progress:
                         decoded = _decode_by_seeking(container, stream, index, [pts[i] for i in indices],
@@ -745,7 +765,7 @@ def load_video(video, num_frames=None, fps=None, start=None, end=None, max_frame
         if not pts:
             raise ValueError(f"`videos`: {source.name} has no decodable video frames.")
         timeline = _Timeline.from_pts(pts, time_base, rate)
-        indices, padded = _select_frames(timeline.timestamps, timeline.duration, len(pts), **sampling)
+        indices, padded = sampling.select(timeline.timestamps, timeline.duration, len(pts))
         if any(i not in kept for i in indices):
             _, kept, _ = _decode_sequentially(source, set(indices), apply_rotation)
         frames = [kept[i] for i in indices]
@@ -839,9 +859,8 @@ class HicomVideoProcessor(VideoProcessorMixin):
         image_std = [float(image_std)] * 3 if isinstance(image_std, (int, float)) else [float(s) for s in image_std]
         if len(image_mean) != 3 or len(image_std) != 3 or not all(s > 0 for s in image_std):
             raise ValueError(f"`image_mean` / `image_std` need 3 values (std > 0), got {image_mean} / {image_std}.")
-        _check_sampling(num_frames, None, None, None, max_frames)
-        _check_sampling(None, fps, None, None, None)
-        _check_flag("pad_to_num_frames", pad_to_num_frames)
+        VideoSampling(num_frames=num_frames, max_frames=max_frames, pad_to_num_frames=pad_to_num_frames)
+        VideoSampling(fps=fps)  # both may be configured: `fps` takes precedence
         _check_flag("apply_rotation", apply_rotation)
         super().__init__(**kwargs)
         self.size = dict(size)
@@ -856,45 +875,27 @@ class HicomVideoProcessor(VideoProcessorMixin):
         self.pad_to_num_frames = pad_to_num_frames
         self.apply_rotation = apply_rotation
 
-    def __call__(
-        self,
-        videos,
-        num_frames=None,
-        fps=None,
-        start=None,
-        end=None,
-        max_frames=None,
-        pad_to_num_frames=None,
-        return_tensors="pt",
-        return_metadata=False,
-    ) -> BatchFeature:
+    def __call__(self, videos, do_sample_frames=None, return_tensors="pt", return_metadata=False,
+                 **sampling) -> BatchFeature:
         """Sample, decode and preprocess one video or a batch (see `make_batched_videos` for what counts as which).
 
         Args:
             videos: a path, a binary file object, a `(T, H, W, C)` array/tensor, a list of frames, or a list of those.
-            num_frames / fps / start / end / max_frames / pad_to_num_frames: sampling, see `load_video`; `None` uses
-                the configured `num_frames` / `fps` / `max_frames` / `pad_to_num_frames`. Giving both `num_frames` and
-                `fps` is an error.
+            do_sample_frames: transformers' switch between sampling frames (`True`, the default: the given or configured
+                `num_frames` / `fps`) and processing every frame (`False`); see `resolve_sampling`.
             return_tensors: `"pt"` (default) or `"np"`.
             return_metadata: also return `video_metadata`, one `HicomVideoMetadata` per video.
+            sampling: the options of `VideoSampling` (`num_frames`, `fps`, `start`, `end`, `max_frames`,
+                `pad_to_num_frames`); `None` or absent uses the configured value.
 
         Returns:
             `BatchFeature` with `pixel_values_videos` float32 `(sum T_i, 3, H, W)` (all videos' frames, in order,
             padding frames last within each video) and `video_num_frames` long `(num_videos,)`.
         """
-        if num_frames is not None and fps is not None:
-            raise ValueError("Give either `num_frames` or `fps`, not both.")
-        if num_frames is None and fps is None:
-            num_frames, fps = (None, self.fps) if self.fps is not None else (self.num_frames, None)
-        max_frames = self.max_frames if max_frames is None else max_frames
-        pad_to_num_frames = self.pad_to_num_frames if pad_to_num_frames is None else pad_to_num_frames
-        _check_sampling(num_frames, fps, start, end, max_frames)
-        _check_flag("pad_to_num_frames", pad_to_num_frames)
-
+        sampling = self.resolve_sampling(do_sample_frames, **sampling)
         pixels, counts, metadata = [], [], []
         for video in make_batched_videos(videos):
-            frames, meta = load_video(video, num_frames, fps, start, end, max_frames, pad_to_num_frames,
-                                      self.apply_rotation)
+            frames, meta = load_video(video, apply_rotation=self.apply_rotation, **asdict(sampling))
             values = self.preprocess_frames(frames)
             if meta.padded_frames:
                 values = torch.cat([values, self._padding_frame(meta.height, meta.width).expand(
@@ -906,6 +907,26 @@ class HicomVideoProcessor(VideoProcessorMixin):
         if return_metadata:
             data["video_metadata"] = metadata
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def resolve_sampling(self, do_sample_frames=None, **sampling) -> VideoSampling:
+        """The `VideoSampling` of one call: the call's options (`None` = not given) over the configured ones.
+
+        Given neither `num_frames` nor `fps`, the configured `fps` (when set) or `num_frames` applies, unless
+        `do_sample_frames=False`: transformers' video processors read that as "process every frame", and
+        `ProcessorMixin.apply_chat_template` sets it to `True` whenever `num_frames` or `fps` is given. Every frame
+        still stops at `max_frames` when one is configured or given.
+        """
+        do_sample_frames = True if do_sample_frames is None else do_sample_frames
+        _check_flag("do_sample_frames", do_sample_frames)
+        sampling = {name: value for name, value in sampling.items() if value is not None}
+        given = sorted({"num_frames", "fps"} & sampling.keys())
+        if given and not do_sample_frames:
+            raise ValueError(f"`do_sample_frames=False` processes every frame: do not pass `{given[0]}` with it.")
+        if do_sample_frames and not given:
+            sampling.update({"fps": self.fps} if self.fps is not None else {"num_frames": self.num_frames})
+        sampling.setdefault("max_frames", self.max_frames)
+        sampling.setdefault("pad_to_num_frames", self.pad_to_num_frames)
+        return VideoSampling(**sampling)
 
     def to_dict(self) -> dict:
         """transformers drops settings whose value is None; ours are kept, since `num_frames=None` ("every frame")
@@ -954,5 +975,5 @@ def _expand_to_square(image: Image.Image, fill: tuple) -> Image.Image:
 
 HicomVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
-__all__ = ["HicomVideoMetadata", "HicomVideoProcessor", "frames_to_uint8", "load_video", "make_batched_videos",
-           "open_source", "uniform_indices"]
+__all__ = ["HicomVideoMetadata", "HicomVideoProcessor", "SAMPLING_OPTIONS", "VideoSampling", "frames_to_uint8",
+           "load_video", "make_batched_videos", "open_source", "uniform_indices"]

@@ -18,8 +18,10 @@ import pytest
 import torch
 from conftest import build_tiny_processor
 from safetensors.torch import load_file
+from test_variants import VARIANTS
+from tiny_models import random_inputs, tiny_model
 
-from processing_hicom import HicomProcessor, HicomVideoProcessor
+from processing_hicom import MODEL_CONFIG_FIELDS, HicomProcessor, HicomVideoProcessor
 from processing_hicom.processing_hicom import HICOM_CHAT_TEMPLATE, extract_instruction
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hicom-tiny-reference"
@@ -170,11 +172,6 @@ def test_long_instruction_is_truncated_with_a_single_warning(processor, caplog):
 # --- token budget and placeholder expansion ----------------------------------------------------------------------
 
 
-def formula(num_frames, patches=9, kt=4, ks=3, queries=32):
-    kt = 1 if num_frames == 1 else kt
-    return math.ceil(num_frames / kt) * math.ceil(patches / ks) ** 2 + queries
-
-
 def test_released_token_budget():
     processor = build_tiny_processor(video_processor=HicomVideoProcessor(size={"height": 384, "width": 384}, patch_size=14))
     assert [processor.num_video_tokens(n) for n in (1, 32, 64, 128)] == [113, 680, 1328, 2624]
@@ -190,37 +187,27 @@ def test_video_expands_to_num_video_tokens(processor, num_frames):
     outputs = processor(text="<video>\nWhat happens?", videos=clip(num_frames, 14, 14), num_frames=num_frames)
     assert outputs["video_num_frames"].tolist() == [num_frames]
     assert outputs["pixel_values_videos"].shape == (num_frames, 3, 126, 126)
-    assert video_count(outputs, processor) == processor.num_video_tokens(num_frames) == formula(num_frames)
+    assert video_count(outputs, processor) == processor.num_video_tokens(num_frames)
     assert processor.num_raw_tokens(num_frames) == num_frames * 81
 
 
-def test_expansion_equals_what_the_model_produces():
-    """For 1..40 frames, the placeholder count the processor writes is the number of tokens the compressor outputs.
-    The fixture's settings at 70 px (5x5 patches: the spatial windows overlap) keep 820 frames cheap; weights and
-    depth do not matter for counts."""
-    from hicom_transformers.conversion.convert_hicom_original_to_hf import build_config
-    from modeling_hicom import HicomModel
-
-    processor = build_tiny_processor(video_processor=HicomVideoProcessor(size={"height": 70, "width": 70}, patch_size=14))
-    original = json.loads((FIXTURE / "original_checkpoint" / "config.json").read_text())
-    siglip = json.loads((FIXTURE / "siglip-so400m-patch14-384" / "config.json").read_text())
-    siglip["vision_config"].update(image_size=70, num_hidden_layers=1)
-    siglip["text_config"].update(num_hidden_layers=1)
-    config = build_config(original, siglip, processor.video_token_id, processor.image_token_id)
-    torch.manual_seed(0)
-    model = HicomModel(config).eval()
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_count_equals_what_the_model_produces(processor, variant):
+    """`num_video_tokens`, the one token-count formula, against the tokens each compressor variant outputs, for every
+    clip length from 1 to 40 frames (one batch of 40 videos per variant; the tiny models' 5x5 patch grid makes the
+    spatial windows overlap). With `test_video_expands_to_num_video_tokens`, the placeholders the processor writes are
+    the tokens the model produces."""
+    model = tiny_model(**VARIANTS[variant])
+    size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
+    counting = HicomProcessor(
+        processor.tokenizer, processor.instruct_tokenizer,
+        HicomVideoProcessor(size=size, patch_size=patch),
+        **{name: getattr(model.config, name) for name in MODEL_CONFIG_FIELDS},
+    )
     frames = list(range(1, 41))
-    per_video = [processor(text="<video>\nWhat happens?", videos=clip(n, 14, 14, seed=n), num_frames=n) for n in frames]
-    assert [int(inputs["video_num_frames"]) for inputs in per_video] == frames
-    with torch.no_grad():  # all 40 videos in one batch
-        tokens = model.get_video_features(
-            torch.cat([inputs["pixel_values_videos"] for inputs in per_video]),
-            torch.cat([inputs["video_num_frames"] for inputs in per_video]),
-            torch.cat([inputs["instruct_input_ids"] for inputs in per_video]),
-            torch.cat([inputs["instruct_attention_mask"] for inputs in per_video]),
-        ).pooler_output
-    expanded = [video_count(inputs, processor) for inputs in per_video]
-    assert [t.shape[0] for t in tokens] == expanded == [processor.num_video_tokens(n) for n in frames]
+    with torch.no_grad():
+        tokens = model.get_video_features(*random_inputs(model, frames)).pooler_output
+    assert [counting.num_video_tokens(n) for n in frames] == [t.shape[0] for t in tokens]
 
 
 def test_short_clip_is_padded_and_the_expansion_counts_the_padding(processor):
@@ -263,7 +250,8 @@ def test_several_videos_per_prompt_flat_or_nested(processor):
         assert torch.equal(flat[key], nested[key]), key
     assert flat["video_num_frames"].tolist() == [6, 6, 6]
     assert flat["instruct_input_ids"].shape == (3, 64)
-    assert [video_count(flat, processor, row) for row in range(3)] == [2 * formula(6), 0, formula(6)]
+    six = processor.num_video_tokens(6)
+    assert [video_count(flat, processor, row) for row in range(3)] == [2 * six, 0, six]
     expected = processor.tokenize_instructions(["Compare the two clips.", "Compare the two clips.", "What is shown?"])
     assert torch.equal(flat["instruct_input_ids"], expected["input_ids"])
 
@@ -282,7 +270,7 @@ def test_images(processor, tmp_path):
     assert outputs["pixel_values"].shape == (2, 3, 126, 126) and outputs["pixel_values"].dtype == torch.float32
     assert torch.equal(outputs["pixel_values"][0], outputs["pixel_values"][1])
     image_count = (outputs["input_ids"] == processor.image_token_id).sum(1).tolist()
-    assert image_count == [processor.num_video_tokens(1)] * 2 == [formula(1)] * 2
+    assert image_count == [processor.num_video_tokens(1)] * 2
     assert outputs["image_instruct_input_ids"].shape == outputs["image_instruct_attention_mask"].shape == (2, 64)
     expected = processor.tokenize_instructions(["What is this?", "Is the picture in the clip?"])["input_ids"]
     assert torch.equal(outputs["image_instruct_input_ids"], expected)
@@ -345,7 +333,8 @@ def test_apply_chat_template_in_memory_video_and_batch(processor):
         processor.tokenizer.padding_side = "right"
     assert outputs["input_ids"].shape[0] == 2 and outputs["video_num_frames"].tolist() == [6]
     assert outputs["attention_mask"][:, -1].all()
-    assert video_count(outputs, processor, 0) == formula(6) and video_count(outputs, processor, 1) == 0
+    assert video_count(outputs, processor, 0) == processor.num_video_tokens(6)
+    assert video_count(outputs, processor, 1) == 0
 
 
 # --- save / load ---------------------------------------------------------------------------------------------------
@@ -364,22 +353,73 @@ def assert_same(a, b):
         assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
 
 
+def fixture_config(processor):
+    """The model config the converter writes for the tiny fixture."""
+    from hicom_transformers.conversion.convert_hicom_original_to_hf import build_config
+
+    original = json.loads((FIXTURE / "original_checkpoint" / "config.json").read_text())
+    siglip = json.loads((FIXTURE / "siglip-so400m-patch14-384" / "config.json").read_text())
+    return build_config(original, siglip, processor.video_token_id, processor.image_token_id)
+
+
+def save_folder(processor, folder):
+    """A converted folder's processor files: the processor and the model config it reads its settings from."""
+    processor.save_pretrained(folder)
+    fixture_config(processor).save_pretrained(folder)
+
+
 def test_save_and_load_round_trip(processor, tmp_path):
-    processor.save_pretrained(tmp_path)
+    save_folder(processor, tmp_path)
     for name in ("processor_config.json", "chat_template.jinja", "tokenizer_config.json", "instruct_tokenizer/spiece.model",
-                 "processing_hicom.py", "video_processing_hicom.py"):
+                 "processing_hicom.py", "video_processing_hicom.py", "config.json"):
         assert (tmp_path / name).is_file(), name
     config = json.loads((tmp_path / "processor_config.json").read_text())
     assert config["auto_map"]["AutoProcessor"] == "processing_hicom.HicomProcessor"
-    assert {k: config[k] for k in ("temporal_kernel", "spatial_kernel", "num_global_queries", "instruct_max_length")} == {
-        "temporal_kernel": 4, "spatial_kernel": 3, "num_global_queries": 32, "instruct_max_length": 64
-    }
-    loaded = HicomProcessor.from_pretrained(tmp_path)
+    assert not set(MODEL_CONFIG_FIELDS) & set(config)  # one copy: the model's config.json
+    loaded = HicomProcessor.from_pretrained(tmp_path)  # no trust_remote_code: the classes of this package are used
+    assert type(loaded) is HicomProcessor and type(loaded.video_processor) is HicomVideoProcessor
     assert type(loaded.instruct_tokenizer).__name__ == type(processor.instruct_tokenizer).__name__
     assert loaded.chat_template == processor.chat_template
+    assert {name: getattr(loaded, name) for name in MODEL_CONFIG_FIELDS} == {
+        name: getattr(processor, name) for name in MODEL_CONFIG_FIELDS
+    }
     video, image = clip(9), clip(1, 20, 30)[0]
     assert_same(run_processor(loaded, video, image), run_processor(processor, video, image))
     loaded.tokenizer.padding_side = processor.tokenizer.padding_side = "right"
+
+
+def test_settings_come_from_the_model_config(processor, tmp_path):
+    """The token count follows the model config in the folder, and `from_pretrained` arguments override it."""
+    save_folder(processor, tmp_path)
+    model_config = json.loads((tmp_path / "config.json").read_text())
+    model_config.update(local_temporal_kernel=2, local_spatial_kernel=4, num_global_queries=5, instruct_max_length=16)
+    (tmp_path / "config.json").write_text(json.dumps(model_config))
+    loaded = HicomProcessor.from_pretrained(tmp_path)
+    assert loaded.num_video_tokens(8) == 4 * 3 * 3 + 5
+    outputs = loaded(text="<video>\nWhat happens?", videos=clip(8), num_frames=8)
+    assert video_count(outputs, loaded) == 41 and outputs["instruct_input_ids"].shape == (1, 16)
+    assert HicomProcessor.from_pretrained(tmp_path, num_global_queries=0).num_video_tokens(8) == 36
+    model_config["use_local_level"] = False
+    (tmp_path / "config.json").write_text(json.dumps(model_config))
+    assert HicomProcessor.from_pretrained(tmp_path).num_video_tokens(8) == 5
+
+
+def test_a_converted_folder_holds_one_copy_of_the_settings(model_dir):
+    from transformers import AutoProcessor
+
+    assert not set(MODEL_CONFIG_FIELDS) & set(json.loads((model_dir / "processor_config.json").read_text()))
+    assert set(MODEL_CONFIG_FIELDS) <= set(json.loads((model_dir / "config.json").read_text()))
+    loaded = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    assert loaded.num_video_tokens(8) == json.loads((FIXTURE / "reference_io.json").read_text())["num_visual_tokens"]
+
+
+def test_a_folder_without_the_model_config_is_a_clear_error(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="config.json"):
+        HicomProcessor.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(ValueError, match="lacks .*local_temporal_kernel"):
+        HicomProcessor.from_pretrained(tmp_path)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -388,7 +428,8 @@ REMOTE_SCRIPT = textwrap.dedent(
     from transformers import AutoProcessor
     folder, out = sys.argv[1], sys.argv[2]
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    for part in (processor, processor.video_processor):  # stdin is closed: a second trust prompt would fail
+        assert type(part).__module__.startswith("transformers_modules"), type(part).__module__
     assert "processing_hicom" not in sys.modules and "modeling_hicom" not in sys.modules
     processor.tokenizer.padding_side = "left"
     data = np.load(folder + "/inputs.npz")
@@ -402,7 +443,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_auto_processor_remote_code_in_a_clean_process(processor, tmp_path):
     folder, work = tmp_path / "hub", tmp_path / "work"
     work.mkdir()
-    processor.save_pretrained(folder)
+    save_folder(processor, folder)
     for name in ("processing_hicom.py", "video_processing_hicom.py"):  # what a Hub folder holds
         if not (folder / name).exists():
             shutil.copy(REPO / "processing_hicom" / name, folder / name)
@@ -412,7 +453,7 @@ def test_auto_processor_remote_code_in_a_clean_process(processor, tmp_path):
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(work / "out.pt")],
-        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+        cwd=work, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(work / "out.pt")
@@ -464,8 +505,9 @@ def test_construction_errors(processor):
         HicomProcessor(bare, processor.instruct_tokenizer, processor.video_processor)
     with pytest.raises(TypeError, match="video_processor"):
         HicomProcessor(processor.tokenizer, processor.instruct_tokenizer, object())
-    with pytest.raises(ValueError, match="temporal_kernel"):
-        HicomProcessor(processor.tokenizer, processor.instruct_tokenizer, processor.video_processor, temporal_kernel=0)
+    with pytest.raises(ValueError, match="local_temporal_kernel"):
+        HicomProcessor(processor.tokenizer, processor.instruct_tokenizer, processor.video_processor,
+                       local_temporal_kernel=0)
 
 
 # --- what generic multimodal callers pass (lmms-eval's `huggingface` model, `apply_chat_template`) -----------------
@@ -492,6 +534,23 @@ def test_pad_to_num_frames_reaches_the_video_processor(processor):
     chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, num_frames=8,
                                          pad_to_num_frames=False)
     assert chat["video_num_frames"].tolist() == [3]
+
+
+def test_do_sample_frames_is_honoured(processor):
+    """`apply_chat_template` sets `do_sample_frames=True` when given `num_frames`/`fps`, and a user may pass
+    `False` (every frame, as transformers' video processors read it): neither is dropped or ignored."""
+    video = clip(12)
+    every = processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False)
+    assert every["video_num_frames"].tolist() == [12]
+    assert video_count(every, processor) == processor.num_video_tokens(12)
+    with pytest.raises(ValueError, match="do_sample_frames=False.*num_frames"):
+        processor(text="<video>\nWhat happens?", videos=video, do_sample_frames=False, num_frames=4)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "What?"}]}]
+    sampled = processor.apply_chat_template(messages, tokenize=True, return_dict=True, num_frames=4)
+    assert sampled["video_num_frames"].tolist() == [4]
+    for kwargs in (dict(do_sample_frames=False), dict(processor_kwargs={"do_sample_frames": False})):
+        chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+        assert chat["video_num_frames"].tolist() == [12], kwargs
 
 
 def test_image_sources(processor, http_folder, closed_local_url):

