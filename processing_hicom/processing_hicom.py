@@ -51,7 +51,7 @@ HICOM_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-# --- Instruction extraction (DESIGN.md sec. 6; the authors' `extract_guided_prompt`, made order-independent) ---------
+# --- Instruction extraction (docs/inputs.md; the authors' `extract_guided_prompt`, made order-independent) ------------
 _USER_TURN = re.compile(r"<\|im_start\|>user\n?(.*?)(?:<\|im_end\|>|\Z)", re.S)
 _CHAT_MARKUP = re.compile(r"<\|[^|\n]*\|>")
 # Answer options start at the earliest of these (case-sensitive: they are formatting, not words). The sentences are

@@ -1,7 +1,7 @@
 """`HicomVideoProcessor`: HICom's frame sampling, exact seek-based decoding and SigLIP pixel preprocessing.
 
 Why a custom video processor rather than a transformers one:
-- The reference (DESIGN.md sec. 6) samples the *middle* of equal segments, pads each frame to a centred square of the
+- The reference (docs/inputs.md) samples the *middle* of equal segments, pads each frame to a centred square of the
   mean colour and resizes with PIL's bicubic filter. transformers' video processors sample and resize differently
   (torchvision), so their pixels would not match what the model was trained on.
 - `transformers.BaseVideoProcessor` requires torchvision, which has no CPU build here; `VideoProcessorMixin` is its
@@ -806,7 +806,7 @@ class HicomVideoProcessorKwargs(TypedDict, total=False):
 
 class HicomVideoProcessor(VideoProcessorMixin):
     r"""
-    Samples, decodes and normalizes videos for HICom exactly as the reference does (DESIGN.md sec. 6); images are
+    Samples, decodes and normalizes videos for HICom exactly as the reference does (docs/inputs.md); images are
     one-frame videos (`preprocess_frames`).
 
     Pixels: each frame is padded to a centred square of colour `int(255 * image_mean)` (127 for SigLIP), resized to

@@ -22,6 +22,7 @@ from tiny_models import random_inputs, tiny_model
 
 from hicom_transformers.conversion.convert_hicom_original_to_hf import convert
 from modeling_hicom import relevance_maps
+from processing_hicom.processing_hicom import TOKEN_COUNT_FIELDS, num_video_tokens
 
 ALL_LOCAL_ADAPTERS = dict(local_adapt_query=True, local_adapt_key=True, local_adapt_value=True, local_adapt_instruct=True)
 VARIANTS = {
@@ -70,11 +71,8 @@ def encode(model, frames, seed=0):
 
 
 def expected_token_count(config, frames):
-    local = 0
-    if config.use_local_level:
-        kt = 1 if frames == 1 else config.local_temporal_kernel
-        local = math.ceil(frames / kt) * math.ceil(5 / config.local_spatial_kernel) ** 2
-    return local + config.num_global_queries
+    """The processor's count (the one function), for the tiny models' 5x5 patch grid."""
+    return num_video_tokens(frames, (5, 5), **{name: getattr(config, name) for name in TOKEN_COUNT_FIELDS})
 
 
 # --- every variant against the plain formulas ----------------------------------------------------------------------
