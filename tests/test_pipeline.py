@@ -209,6 +209,67 @@ def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
     assert isinstance(report["text_answer"], str)
 
 
+ANY_TO_ANY_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import pipeline
+    from transformers.utils import is_torchvision_available
+    lifted = not is_torchvision_available()
+    if lifted:
+        # transformers' any-to-any pipeline asks for torchvision for every model that takes videos (its own video
+        # processors need it); HICom's processor does not, and torchvision has no CPU build on this index. Only that
+        # check is lifted: the pipeline, the model and the processor run as they are.
+        import transformers.pipelines.any_to_any as any_to_any
+        check = any_to_any.requires_backends
+        any_to_any.requires_backends = lambda obj, backends: check(
+            obj, [b for b in ([backends] if isinstance(backends, str) else backends) if b != "torchvision"]
+        )
+    folder, video = sys.argv[1], sys.argv[2]
+    messages = [{"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": "What moves?"}]}]
+    # A new `generate_kwargs` dict per call: transformers 5.19's any-to-any writes `max_new_tokens` into the one given.
+    def greedy():
+        return {"max_new_tokens": 3, "generate_kwargs": {"do_sample": False}}
+    any_pipe = pipeline("any-to-any", model=folder, trust_remote_code=True)
+    any_tokens = any_pipe(text=messages, return_tensors=True, **greedy())[0]["generated_token_ids"]
+    any_text = any_pipe(text=messages, return_full_text=False, **greedy())[0]["generated_text"]
+    video_pipe = pipeline("video-text-to-text", model=folder, trust_remote_code=True)
+    video_tokens = video_pipe(text=messages, return_tensors=True, **greedy())[0]["generated_token_ids"]
+    processor, model = any_pipe.processor, any_pipe.model
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    prompt_length = inputs["input_ids"].shape[1]
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    ours = [name for name in sys.modules if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "conversion")]
+    print(json.dumps({
+        "pipelines": [type(any_pipe).__name__, type(video_pipe).__module__],
+        "model_module": type(model).__module__,
+        "any_to_any_tokens": any_tokens[prompt_length:].tolist(),
+        "any_to_any_text": any_text,
+        "video_text_to_text_tokens": video_tokens.tolist(),
+        "generate_tokens": generated[0, prompt_length:].tolist(),
+        "torchvision_check_lifted": lifted,
+        "our_modules": ours,
+    }))
+    """
+)
+
+
+def test_any_to_any_and_video_text_to_text_in_a_clean_process(model_dir, bikes, tmp_path):
+    """transformers' own `any-to-any` pipeline (it loads `AutoModelForMultimodalLM`, which the converted folder's
+    `auto_map` names) and HICom's `video-text-to-text` answer a video question with the folder's remote code alone,
+    with `generate()`'s tokens."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if "any-to-any" not in PIPELINE_REGISTRY.get_supported_tasks():
+        pytest.skip("this transformers has no `any-to-any` pipeline")
+    report, _ = run_in_a_clean_process(ANY_TO_ANY_PROCESS, model_dir, bikes, tmp_path)
+    assert report["pipelines"][0] == "AnyToAnyPipeline" and report["pipelines"][1].startswith("transformers_modules")
+    assert report["model_module"].startswith("transformers_modules")
+    assert report["our_modules"] == []
+    assert len(report["generate_tokens"]) == 3
+    assert report["any_to_any_tokens"] == report["video_text_to_text_tokens"] == report["generate_tokens"]
+    assert isinstance(report["any_to_any_text"], str)
+
+
 def test_video_qa_example(model_dir, bikes):
     """`hicom-video-qa` on a converted folder and a real clip, streaming: prints the token budget and an answer."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(REPO)}
