@@ -263,10 +263,9 @@ class VideoTextToTextPipeline(Pipeline):
         """Merge prepared examples into one batch equal to the processor's output for their prompts together.
 
         Runs where `preprocess` runs (a `DataLoader` worker), so the main process only moves tensors to the model.
-        Prompts are left-padded (batched generation), by this call's `padding_side`, so the user's tokenizer keeps its
-        own; the other tensors are per video or per instruction and are
-        concatenated in example order, as the processor orders them. `failures` has one entry per example: its
-        error result, or `None`.
+        Prompts are left-padded for batched generation by this call's `padding_side` (the user's tokenizer keeps its
+        own); the other tensors are per video or per instruction and are concatenated in example order, as the
+        processor orders them. `failures` has one entry per example: its error result, or `None`.
         """
         ready = [item for item in prepared if "failure" not in item]
         batch = {"failures": [item.get("failure") for item in prepared], "input_text": []}
