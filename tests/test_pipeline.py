@@ -174,7 +174,8 @@ CLEAN_PROCESS = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
-    ours = [name for name in sys.modules if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "conversion")]
+    ours = [name for name in sys.modules
+            if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "hicom_transformers")]
     print(json.dumps({
         "pipeline_module": type(pipe).__module__,
         "chat_tokens": from_chat[0]["generated_token_ids"].tolist(),
@@ -235,7 +236,8 @@ ANY_TO_ANY_PROCESS = textwrap.dedent(
     inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
     prompt_length = inputs["input_ids"].shape[1]
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
-    ours = [name for name in sys.modules if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "conversion")]
+    ours = [name for name in sys.modules
+            if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "hicom_transformers")]
     print(json.dumps({
         "pipeline": type(any_pipe).__name__,
         "model_module": type(model).__module__,
