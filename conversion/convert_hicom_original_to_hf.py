@@ -554,6 +554,10 @@ def write_converted(staging: Path, input_dir: Path, vision_tower: Path, original
     from processing_hicom import VideoTextToTextPipeline  # importing the package registers the pipeline task
 
     processor = build_processor(tokenizer, vision_tower, config, original)
+    # transformers' `any-to-any` pipeline loads the model with `AutoModelForMultimodalLM`; `register_for_auto_class`
+    # names one Auto class per model class, so a second one goes in the config's `auto_map`, as transformers'
+    # custom-model guide says (saving adds the registered ones).
+    model.config.auto_map = {"AutoModelForMultimodalLM": "modeling_hicom.HicomForConditionalGeneration"}
     # The pipeline's own saving writes the model (with its generation config), every remote-code module and the
     # `custom_pipelines` entry that `pipeline("video-text-to-text", model=folder, trust_remote_code=True)` reads; the
     # processor saves itself.

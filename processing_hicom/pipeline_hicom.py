@@ -8,15 +8,15 @@ speed and not answers; with `num_workers`, torch `DataLoader` workers prepare th
 """
 
 import enum
-import os
+import itertools
 from collections.abc import Iterable, Sized
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 from transformers import AutoModelForImageTextToText, BatchFeature, GenerationConfig, Pipeline
 from transformers.generation import BaseStreamer
 from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+from transformers.pipelines.pt_utils import PipelineDataset
 from transformers.utils import ModelOutput, logging
 
 from .video_processing_hicom import progress_bar
@@ -60,6 +60,27 @@ def _input_text(example: dict):
     return example.get("chat", example.get("text"))
 
 
+class _Batches(Dataset):
+    """Consecutive `size`-example slices of a list or `Dataset` of examples, read lazily (in the workers)."""
+
+    def __init__(self, examples, size: int):
+        self.examples, self.size = examples, size
+
+    def __len__(self):
+        return -(-len(self.examples) // self.size)
+
+    def __getitem__(self, index):
+        return [self.examples[i] for i in range(index * self.size, min((index + 1) * self.size, len(self.examples)))]
+
+
+def _batched(items: Iterable, size: int):
+    """Consecutive `size`-item lists of an iterable, pulled as they are needed (a generator, which `Pipeline` streams
+    through one worker)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
 # What makes one example's inputs unusable: the processor reports unreadable or malformed videos and prompts with these
 # (FileNotFoundError is an OSError). Anything else is a fault of the run, not of one example, and is raised.
 _INPUT_ERRORS = (ValueError, TypeError, OSError)
@@ -83,6 +104,12 @@ class VideoTextToTextPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
+
+    def __init__(self, *args, batch_size=None, **kwargs):
+        # The pipeline's own default `batch_size` (`pipeline(..., batch_size=8)`): batches are formed here, not by
+        # `Pipeline`'s `DataLoader` (see `_run_many`).
+        super().__init__(*args, **kwargs)
+        self.batch_size = batch_size
 
     def _sanitize_parameters(
         self,
@@ -165,10 +192,10 @@ class VideoTextToTextPipeline(Pipeline):
                 else:
                     raise ValueError(f"Give one {name[:-1]} (or list of {name}) per prompt in `{name}`: "
                                      f"{len(text)} prompts.")
-            return super().__call__(
+            return self._run_many(
                 [{"text": t, "videos": v, "images": i} for t, v, i in zip(text, per_prompt["videos"],
                                                                            per_prompt["images"])],
-                **kwargs,
+                kwargs,
             )
         if videos is not None or images is not None:
             raise ValueError(
@@ -178,65 +205,67 @@ class VideoTextToTextPipeline(Pipeline):
         if _is_chat(text):
             return super().__call__({"chat": list(text)}, **kwargs)
         if isinstance(text, (list, tuple)):
-            return super().__call__([_as_example(item) for item in text], **kwargs)
+            return self._run_many([_as_example(item) for item in text], kwargs)
         if isinstance(text, Dataset) and not isinstance(text, IterableDataset):
             # Mapped lazily, item by item (in the workers): a large dataset is never materialized.
-            return super().__call__(PipelineDataset(text, _as_example, {}), **kwargs)
+            return self._run_many(PipelineDataset(text, _as_example, {}), kwargs)
         if isinstance(text, Iterable) and not isinstance(text, dict):
-            return super().__call__((_as_example(item) for item in text), **kwargs)
+            return self._run_many((_as_example(item) for item in text), kwargs)
         raise TypeError(
             f"`text` must be a string, a chat, or a list, dataset or generator of them; got {type(text).__name__}."
         )
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        """Prepare examples in `DataLoader` workers, run the model on `batch_size` of them at a time, in input order.
+    def _run_many(self, examples, kwargs):
+        """Answer a list, `Dataset` or generator of examples, `batch_size` per `generate()` call, in input order.
 
-        `Pipeline.get_iterator` is replaced (not extended) for two reasons: its collate function pads with the
-        tokenizer's side and would concatenate frames of different videos as if they were images, and it raises on
-        the first example that cannot be prepared. The structure is the same: a `PipelineDataset` (sized inputs) or
-        `PipelineIterator` (generators, one worker) feeding a `DataLoader`, whose bounded prefetch limits how many
-        prepared videos are held, whatever the number of inputs.
+        `Pipeline.__call__` is given whole batches (lists of examples) one at a time (its own `batch_size=1`), so that
+        `preprocess` merges each batch (see `_merge`) and `Pipeline.get_iterator` runs as it is: a `PipelineDataset` or
+        `PipelineIterator` (generators: one worker) feeding a `DataLoader`, whose bounded prefetch limits how many
+        prepared videos are held, whatever the number of inputs. Its own batching cannot be used: its collate
+        function pads with the tokenizer's side and would merge frames of different videos as if they were images.
         """
-        if isinstance(inputs, Sized):
-            examples = PipelineDataset(inputs, self._prepare_example, preprocess_params)
+        size = kwargs.pop("batch_size", None) or self.batch_size or 1
+        if isinstance(examples, Sized):
+            batches = _Batches(examples, size)
         else:
-            if num_workers > 1:
-                logger.warning(
-                    f"A generator is read by one worker process (each of {num_workers} would replay it): using "
-                    "`num_workers=1`. Pass a list or a torch `Dataset` to prepare inputs in several workers."
-                )
-                num_workers = 1
-            examples = PipelineIterator(inputs, self._prepare_example, preprocess_params)
-        if num_workers > 0:
-            # The Rust tokenizers' thread pool does not survive `fork`; transformers' own iterator sets this too.
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        loader = DataLoader(examples, batch_size=batch_size, num_workers=num_workers, collate_fn=self._collate)
+            batches = _batched(examples, size)
+        results = self._unbatch(super().__call__(batches, batch_size=1, **kwargs))
+        return list(results) if isinstance(examples, list) else results
+
+    @staticmethod
+    def _unbatch(batches):
+        """One result per example, from each batch's list of results; examples that could not be prepared are
+        logged by their position."""
         position = 0
-        for batch in loader:
-            answers = iter(())
-            if batch["input_text"]:
-                outputs = self.forward(batch, **forward_params)
-                answers = iter(self.postprocess(outputs, batched=True, **postprocess_params))
-            for failure in batch["failures"]:
-                if failure is not None:
-                    logger.warning(f"{TASK}: input {position} was skipped: {failure[0]['error']}")
-                yield failure if failure is not None else next(answers)
+        for results in batches:
+            for result in results:
+                if "error" in result[0]:
+                    logger.warning(f"{TASK}: input {position} was skipped: {result[0]['error']}")
+                yield result
                 position += 1
 
-    def _prepare_example(self, example, **preprocess_params):
-        """`preprocess` for one example, or its error result: one unreadable video must not end a run over many."""
-        try:
-            return self.preprocess(example, **preprocess_params)
-        except _INPUT_ERRORS as error:
-            # A string, not the exception: it crosses from the worker process, and chained causes do not pickle.
-            return {"failure": [{"input_text": _input_text(example), "error": f"{type(error).__name__}: {error}"}]}
+    def preprocess(self, inputs, **processor_kwargs):
+        """One example (raises if it cannot be prepared), or a batch of them from `_run_many` (a list): there an
+        example whose video or prompt cannot be prepared gets its error result in its place, and the others run."""
+        if not isinstance(inputs, list):
+            return self._prepare(inputs, **processor_kwargs)
+        prepared = []
+        for example in inputs:
+            try:
+                prepared.append(self._prepare(example, **processor_kwargs))
+            except _INPUT_ERRORS as error:
+                # A string, not the exception: it crosses from the worker process, and chained causes do not pickle.
+                prepared.append({"failure": [{"input_text": _input_text(example),
+                                              "error": f"{type(error).__name__}: {error}"}]})
+        return self._merge(prepared)
 
-    def _collate(self, prepared: list[dict]) -> dict:
+    def _merge(self, prepared: list[dict]) -> dict:
         """Merge prepared examples into one batch equal to the processor's output for their prompts together.
 
-        Runs in the worker, so the main process only moves tensors to the model. Prompts are left-padded (batched
-        generation); the other tensors are per video or per instruction and are concatenated in example order,
-        as the processor orders them. `failures` has one entry per example: its error result, or `None`.
+        Runs where `preprocess` runs (a `DataLoader` worker), so the main process only moves tensors to the model.
+        Prompts are left-padded for batched generation by this call's `padding_side` (the user's tokenizer keeps its
+        own); the other tensors are per video or per instruction and are concatenated in example order, as the
+        processor orders them. `failures` has one entry per example: its error result, or `None`.
         """
         ready = [item for item in prepared if "failure" not in item]
         batch = {"failures": [item.get("failure") for item in prepared], "input_text": []}
@@ -256,20 +285,14 @@ class VideoTextToTextPipeline(Pipeline):
         batch["input_text"] = [text for item in ready for text in item["input_text"]]
         return batch
 
-    def preprocess(self, inputs, **processor_kwargs):
-        examples = inputs if isinstance(inputs, list) else [inputs]
-        prompts, videos, images = [], [], []
-        for example in examples:
-            if "chat" in example:
-                prompt, visuals = self._render_chat(example["chat"])
-            else:
-                prompt, visuals = self._render_text(example["text"], example.get("videos"), example.get("images"))
-            prompts.append(prompt)
-            videos.extend(visuals["video"])
-            images.extend(visuals["image"])
-        self.processor.tokenizer.padding_side = "left"
+    def _prepare(self, example, **processor_kwargs):
+        """The processor's inputs for one example (a chat or a prompt with its videos and images)."""
+        if "chat" in example:
+            prompt, visuals = self._render_chat(example["chat"])
+        else:
+            prompt, visuals = self._render_text(example["text"], example.get("videos"), example.get("images"))
         model_inputs = self.processor(
-            text=prompts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
+            text=prompt, videos=visuals["video"] or None, images=visuals["image"] or None, return_tensors="pt",
             **processor_kwargs,
         )
         # No `.to(self.device)`: this may run in a DataLoader worker, which must not touch the GPU; `Pipeline.forward`
@@ -278,7 +301,7 @@ class VideoTextToTextPipeline(Pipeline):
             for key in ("pixel_values_videos", "pixel_values"):
                 if key in model_inputs:
                     model_inputs[key] = model_inputs[key].to(self.dtype)
-        return {"model_inputs": model_inputs, "input_text": [_input_text(example) for example in examples]}
+        return {"model_inputs": model_inputs, "input_text": [_input_text(example)]}
 
     def _render_chat(self, messages):
         """The prompt and the chat's videos and images, in order, named by the same block keys transformers'
@@ -319,6 +342,9 @@ class VideoTextToTextPipeline(Pipeline):
         ), visuals
 
     def _forward(self, inputs, generate_kwargs=None):
+        failures = {"failures": inputs["failures"]} if "failures" in inputs else {}
+        if "model_inputs" not in inputs:  # a batch none of whose examples could be prepared
+            return failures
         model_inputs = inputs["model_inputs"]
         generate_kwargs = dict(generate_kwargs or {})
         if "generation_config" not in generate_kwargs and self.model.generation_config.pad_token_id is None:
@@ -338,7 +364,8 @@ class VideoTextToTextPipeline(Pipeline):
                 progress.end()
         # A generation config with `return_dict_in_generate=True` makes `generate()` return an output object.
         sequences = generated.sequences if isinstance(generated, ModelOutput) else generated
-        return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"]}
+        return {"sequences": sequences, "input_ids": model_inputs["input_ids"], "input_text": inputs["input_text"],
+                **failures}
 
     def _generation_progress(self, generate_kwargs) -> "_TokenProgress | None":
         """A progress bar over the generated tokens (see `progress_bar`: only on a terminal, after a second), fed as
@@ -354,12 +381,18 @@ class VideoTextToTextPipeline(Pipeline):
             return None
         return _TokenProgress(bar)
 
-    def postprocess(self, outputs, return_type=ReturnType.FULL_TEXT, skip_special_tokens=True, batched=False):
+    def postprocess(self, outputs, return_type=ReturnType.FULL_TEXT, skip_special_tokens=True):
+        """One example's result, or a batch's results in example order, error results in their places."""
+        answers = iter(self._answers(outputs, return_type, skip_special_tokens) if "sequences" in outputs else ())
+        if "failures" not in outputs:
+            return next(answers)
+        return [failure if failure is not None else next(answers) for failure in outputs["failures"]]
+
+    def _answers(self, outputs, return_type, skip_special_tokens):
         prompt_length = outputs["input_ids"].shape[1]
-        results = []
         for sequence, input_text in zip(outputs["sequences"], outputs["input_text"]):
             if return_type == ReturnType.TENSORS:
-                results.append([{"input_text": input_text, "generated_token_ids": sequence[prompt_length:]}])
+                yield [{"input_text": input_text, "generated_token_ids": sequence[prompt_length:]}]
                 continue
             answer = self.processor.decode(sequence[prompt_length:], skip_special_tokens=skip_special_tokens)
             if return_type == ReturnType.FULL_TEXT:
@@ -367,8 +400,7 @@ class VideoTextToTextPipeline(Pipeline):
                     answer = input_text + [{"role": "assistant", "content": answer}]
                 else:
                     answer = input_text + answer
-            results.append([{"input_text": input_text, "generated_text": answer}])
-        return results if batched else results[0]
+            yield [{"input_text": input_text, "generated_text": answer}]
 
 
 class _TokenProgress(BaseStreamer):

@@ -148,6 +148,7 @@ def test_converted_folder_is_self_contained(converted_fixture):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_hicom.HicomConfig",
         "AutoModelForImageTextToText": "modeling_hicom.HicomForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_hicom.HicomForConditionalGeneration",  # the `any-to-any` pipeline's
     }
     processor_config = json.loads((converted_fixture / "processor_config.json").read_text())
     named = [

