@@ -19,7 +19,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset
 from transformers.utils import ModelOutput, logging
 
-from .video_processing_hicom import progress_bar
+from .video_processing_hicom import VIDEO_KWARGS, progress_bar
 
 logger = logging.get_logger(__name__)
 
@@ -117,15 +117,13 @@ class VideoTextToTextPipeline(Pipeline):
         generate_kwargs=None,
         return_full_text=None,
         return_tensors=None,
-        num_frames=None,
-        fps=None,
-        pad_to_num_frames=None,
         instructions=None,
         skip_special_tokens=None,
         **kwargs,
     ):
-        sampling = (("num_frames", num_frames), ("fps", fps), ("pad_to_num_frames", pad_to_num_frames))
-        preprocess_params = {k: v for k, v in sampling if v is not None}
+        # Frame sampling (`num_frames`, `fps`, `start`, `end`, `max_frames`, `pad_to_num_frames`, `do_sample_frames`)
+        # goes to the processor, which validates it.
+        preprocess_params = {key: kwargs.pop(key) for key in VIDEO_KWARGS if kwargs.get(key) is not None}
         if instructions is not None:
             preprocess_params["instructions"] = instructions
         generate_kwargs = dict(generate_kwargs or {})
@@ -164,7 +162,8 @@ class VideoTextToTextPipeline(Pipeline):
             videos: with string prompts, one video per prompt (path, URL, file object or `(T, H, W, 3)` uint8 array),
                 or a list of videos per prompt.
             images: likewise, one image per prompt (path, URL, PIL image or `(H, W, 3)` array) or a list per prompt.
-            num_frames / fps / pad_to_num_frames: frame sampling, passed to the processor.
+            num_frames / fps / start / end / max_frames / pad_to_num_frames / do_sample_frames: frame selection,
+                passed to the processor (docs/inputs.md).
             max_new_tokens, generate_kwargs: passed to `generate()`.
             return_full_text: `False` returns only the answer; default `True` (prompt + answer), like
                 `image-text-to-text`.

@@ -22,7 +22,7 @@ from transformers.utils import logging
 from transformers.video_processing_utils import VideoProcessorMixin
 
 from .pipeline_hicom import register_pipeline
-from .video_processing_hicom import SAMPLING_OPTIONS
+from .video_processing_hicom import VIDEO_KWARGS
 
 logger = logging.get_logger(__name__)
 
@@ -226,9 +226,7 @@ def num_video_tokens(num_frames, patch_grid, *, local_temporal_kernel, local_spa
     return math.ceil(num_frames / kt) * math.ceil(rows / ks) * math.ceil(cols / ks) + num_global_queries
 
 
-# What `HicomProcessor.__call__` passes on to the video processor (`ProcessorMixin.apply_chat_template` sets
-# `do_sample_frames`) and to the LLM tokenizer.
-VIDEO_KWARGS = (*SAMPLING_OPTIONS, "do_sample_frames")
+# What `HicomProcessor.__call__` passes on to the LLM tokenizer (`VIDEO_KWARGS` go to the video processor).
 _TOKENIZER_KWARGS = (
     "add_special_tokens",
     "truncation",

@@ -160,6 +160,9 @@ class VideoSampling:
 
 
 SAMPLING_OPTIONS = tuple(option.name for option in fields(VideoSampling))
+# Every frame-selection argument the video processor takes: the sampling options, and `do_sample_frames` (which
+# `ProcessorMixin.apply_chat_template` sets).
+VIDEO_KWARGS = (*SAMPLING_OPTIONS, "do_sample_frames")
 
 
 def _check_flag(name: str, value) -> None:

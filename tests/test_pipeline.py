@@ -424,3 +424,14 @@ def test_progress_bars_for_decoding_and_generation(pipe, bikes):
             assert len(real) == 2 and all(isinstance(bar, hf_logging.EmptyTqdm) for bar in real)
     finally:
         (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+
+
+def test_every_frame_selection_option_reaches_the_processor(pipe):
+    """`start`, `end`, `max_frames` and `do_sample_frames` are the processor's options too, not typos."""
+    clip = np.zeros((10, 16, 16, 3), np.uint8)
+    example = {"text": "What?", "videos": clip, "images": None}
+    assert pipe.preprocess(example, max_frames=3)["model_inputs"]["video_num_frames"].tolist() == [3]
+    out = pipe(videos=clip, text="What?", do_sample_frames=False, max_frames=4, return_tensors=True, **GREEDY)
+    assert len(out[0]["generated_token_ids"]) == GREEDY["max_new_tokens"]
+    with pytest.raises(TypeError, match="num_frame"):
+        pipe(videos=clip, text="What?", num_frame=4)
