@@ -74,9 +74,12 @@ _OPTION_MARKERS = re.compile(
                 "Determine the best-matching action category from the choices given.",
             )
         ]
-        + [r"\nA\. ", r"\n\(A\)", r"\nA\)", r"Options:", r"\nOptions", r"Choices:", r"\nChoices"]
+        + [r"\nA\. ", r"\n\(A\)", r"\nA\)", r"Options?:", r"\nOptions", r"Choices:", r"\nChoices"]
     )
 )
+# A subtitles block (VideoMME and its kin put the video's subtitles before the question): from its header to the next
+# answer-format hint, or to the end of the paragraph when no hint follows.
+_SUBTITLES = re.compile(r"(?:these are the frames of a video\. )?this video's subtitles are listed below[^:\n]*:", re.I)
 # Answer-format hints say nothing about what to look at; removed anywhere, case-insensitively.
 _HINTS = re.compile(
     "|".join(
@@ -86,7 +89,8 @@ _HINTS = re.compile(
             r"please answer with a single word(?: or phrase)?\.?",
             r"(?:please )?respond with only the letter[^.\n]*\.?",
             r"please provide your answer by stating the letter followed by the full option\.?",
-            r"select the best answer to the following multiple-choice question based on the video\.?",
+            r"select the best answer to the following multiple-choice question based on the video(?: and the "
+            r"subtitles)?\.?",
             r"the best (?:answer|option) is:?",
         ]
     ),
@@ -101,8 +105,10 @@ def extract_instruction(prompt: str, video_token: str = VIDEO_TOKEN, image_token
     the compressed tokens keep what the question needs; options and hints would only dilute the 64-token query.
 
     Rules, in order: take the last user turn of a ChatML prompt (the whole text otherwise); drop chat markup and the
-    video/image tags; remove answer-format hints ("Answer the question using a single word or phrase." ...); cut at
-    the first answer-option marker ("\\nA. ", "\\n(A)", "\\nA)", "Options:", "Choices:", the reference's option
+    video/image tags; drop a subtitles block ("This video's subtitles are listed below:" up to the next answer-format
+    hint, else to the next blank line): subtitles are context, and would push the question past the 64 tokens kept;
+    remove answer-format hints ("Answer the question using a single word or phrase." ...); cut at the first
+    answer-option marker ("\\nA. ", "\\n(A)", "\\nA)", "Option:", "Options:", "Choices:", the reference's option
     sentences); keep what follows the last "Question:"; collapse whitespace.
     """
     turns = _USER_TURN.findall(prompt)
@@ -111,6 +117,12 @@ def extract_instruction(prompt: str, video_token: str = VIDEO_TOKEN, image_token
     for tag in (video_token, image_token):
         text = re.sub(r"[ \t]*" + re.escape(tag) + r"[ \t]*", " ", text)
     text = re.sub(r"[ \t]*\n[ \t]*", "\n", text)
+    subtitles = _SUBTITLES.search(text)
+    if subtitles is not None:
+        hint = _HINTS.search(text, subtitles.end())
+        paragraph_end = text.find("\n\n", subtitles.end())
+        end = hint.start() if hint is not None else (paragraph_end if paragraph_end >= 0 else len(text))
+        text = text[: subtitles.start()] + "\n" + text[end:]
     text = _HINTS.sub(" ", text)
     marker = _OPTION_MARKERS.search(text)
     if marker is not None:

@@ -130,6 +130,17 @@ CHAT = (
             "What colour is the dog?",
         ),
         ("<video>", ""),
+        # VideoMME with subtitles (lmms-eval's prompt): the subtitles come first and are context, not the question
+        (
+            "<video>\nThis video's subtitles are listed below:\nHi guys, today we cook pasta.\nFirst, boil water.\n"
+            "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+            "Respond with only the letter (A, B, C, or D) of the correct option.\nWhat is cooked?\nA. rice\nB. pasta\n"
+            "The best answer is:",
+            "What is cooked?",
+        ),
+        ("This video's subtitles are listed below for context:\nhello there\n\nWho speaks?", "Who speaks?"),
+        # MVBench (lmms-eval): "Option:" introduces the answers
+        ("<video>\nQuestion: What is the man holding?\nOption:\n(A) a cup\n(B) a pen", "What is the man holding?"),
     ],
 )
 def test_extract_instruction(prompt, expected):
