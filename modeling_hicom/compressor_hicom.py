@@ -204,6 +204,10 @@ class HicomInjection(nn.Module):
         return self.norm(base_query + attended)
 
 
+# Half-precision rows converted to float32 at once (see `float32_scores`): bounds scratch memory, not results.
+FLOAT32_ROWS = 512
+
+
 def float32_scores(rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Dot products `rows (N, D) @ queries (M, D).T -> (N, M)` in float32. Half-precision rows are converted a block
     of `FLOAT32_ROWS` at a time, so no float32 copy of a whole clip's features exists."""
@@ -218,10 +222,6 @@ def float32_weighted_sum(weights: torch.Tensor, rows: torch.Tensor) -> torch.Ten
     if rows.dtype == torch.float32:
         return weights.T @ rows
     return sum(part.T @ block.float() for part, block in zip(weights.split(FLOAT32_ROWS), rows.split(FLOAT32_ROWS)))
-
-
-# Half-precision rows converted to float32 at once (see `float32_scores`): bounds scratch memory, not results.
-FLOAT32_ROWS = 512
 
 
 class CompressorOutput(NamedTuple):
@@ -254,7 +254,7 @@ class LocalPlan:
     taps: tuple[list[int], list[int], list[float]]
 
     @property
-    def cells_per_frame_group(self) -> int:
+    def spatial_cells(self) -> int:
         """Local tokens per temporal cell, `H' * W'`."""
         return self.bias.shape[1]
 
@@ -342,7 +342,7 @@ class HicomLocalCompressor(nn.Module):
         if ready > state.next_cell:
             cells = range(state.next_cell, ready)
             pooled = self.attend(features, patch_embeds, instruct_embeds, plan, cells, state, output_attentions)
-            first = state.next_cell * plan.cells_per_frame_group
+            first = state.next_cell * plan.spatial_cells
             for start in range(0, pooled.shape[0], self.readout_block):
                 block = pooled[start : start + self.readout_block]
                 state.tokens[first + start : first + start + block.shape[0]] = self.readout(block)
@@ -372,7 +372,7 @@ class HicomLocalCompressor(nn.Module):
             instruct_embeds = _l2_normalize(instruct_embeds)
         queries = self.cell_queries(features, instruct_embeds, plan, cells, state.buffer_start)
         bias = plan.bias.to(features.device)
-        per_cell = plan.cells_per_frame_group
+        per_cell = plan.spatial_cells
         pooled = features.new_empty(len(cells) * per_cell, dim)
         for i, cell in enumerate(cells):
             start = plan.window_start[cell] - state.buffer_start

@@ -240,3 +240,19 @@ def test_window_index_matches_windows_for_overlapping_temporal_split():
     index = window_index(10, 5, 5, 4, 3)
     frames = (index // 25)[:, 0, 0]
     assert [sorted(set(row.tolist())) for row in frames] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+
+
+def test_half_precision_rows_are_converted_in_blocks_with_float32_results(monkeypatch):
+    """Half-precision features are converted to float32 a block of rows at a time (bounded scratch memory); the
+    products equal those of the whole float32 copy."""
+    from modeling_hicom import compressor_hicom
+
+    generator = torch.Generator().manual_seed(11)
+    rows = torch.randn(50, 16, generator=generator).bfloat16()
+    queries, weights = torch.randn(3, 16, generator=generator), torch.rand(50, 3, generator=generator)
+    monkeypatch.setattr(compressor_hicom, "FLOAT32_ROWS", 7)
+    scores = compressor_hicom.float32_scores(rows, queries)
+    pooled = compressor_hicom.float32_weighted_sum(weights, rows)
+    assert scores.dtype == pooled.dtype == torch.float32
+    torch.testing.assert_close(scores, rows.float() @ queries.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, weights.T @ rows.float(), atol=1e-5, rtol=1e-5)
