@@ -20,8 +20,11 @@ LEVEL_OPTIONS = {
     ),
     "global": ("global_adapt_instruct", "global_clip_scale"),
 }
-# Fields of configs saved before the adapters were set per level; they were always False in converted checkpoints.
-LEGACY_ADAPTER_FIELDS = ("adapt_key", "adapt_value", "adapt_query", "adapt_guide")
+# Adapter fields of older saved configs: `adapt_*` (before adapters were set per level; always False in converted
+# checkpoints) and `*_adapt_guide` (before the instruction had one name, `instruct`, everywhere).
+LEGACY_ADAPTER_FIELDS = (
+    "adapt_key", "adapt_value", "adapt_query", "adapt_guide", "local_adapt_guide", "global_adapt_guide"
+)
 _SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16}
 
 # Sub-config defaults are the released model: SigLIP so400m-patch14-384 (both towers) + Qwen2.5-7B-Instruct.
@@ -201,14 +204,15 @@ class HicomConfig(PreTrainedConfig):
 
 
 def _drop_legacy_adapter_fields(kwargs: dict) -> None:
-    """Configs converted before adapters were per level carry `adapt_*` fields, all False (the converter refused
-    adapters then): drop them. A True one comes from an in-process model whose adapter layout no longer exists."""
+    """Drop the `LEGACY_ADAPTER_FIELDS` of an older saved config when False (no adapter: the weights are unchanged).
+    A True one names an adapter whose weights were saved under another layout or name: loading them would silently
+    leave the adapter out, so the checkpoint must be converted again."""
     for name in LEGACY_ADAPTER_FIELDS:
         if kwargs.pop(name, False):
             raise ValueError(
-                f"`{name}=True` is from an older HicomConfig whose adapters were not the reference's; set the "
-                "per-level fields instead (`local_adapt_query`, `local_adapt_key`, `local_adapt_value`, `local_adapt_instruct`, "
-                "`global_adapt_instruct`) and re-convert the checkpoint."
+                f"`{name}=True` is from an older HicomConfig whose adapter weights this version names differently; "
+                "re-convert the checkpoint (the per-level fields are `local_adapt_query`, `local_adapt_key`, "
+                "`local_adapt_value`, `local_adapt_instruct`, `global_adapt_instruct`)."
             )
 
 

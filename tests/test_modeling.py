@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny_models import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, random_inputs, tiny_model
 
+from modeling_hicom import HicomConfig
 from modeling_hicom.compressor_hicom import sincos_embedding_1d, window_index, window_starts
 
 
@@ -265,3 +266,13 @@ def test_bad_visual_inputs_are_clear_errors(model, change, match):
     pixels, frames, ids = change(pixels, frames, ids)
     with pytest.raises((ValueError, TypeError), match=match):
         model.get_video_features(pixels, frames, ids, None)
+
+
+@pytest.mark.parametrize("name", ["adapt_key", "local_adapt_guide", "global_adapt_guide"])
+def test_older_configs_adapter_fields(name):
+    """An older saved config's adapter field loads when False (no adapter, same weights) and is refused when True
+    (its adapter's weights have another name now: loading would silently leave the adapter out)."""
+    saved = HicomConfig().to_dict()
+    assert not hasattr(HicomConfig.from_dict({**saved, name: False}), name)
+    with pytest.raises(ValueError, match=f"`{name}=True`.*re-convert"):
+        HicomConfig.from_dict({**saved, name: True})
