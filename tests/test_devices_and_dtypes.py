@@ -172,3 +172,20 @@ def test_half_precision_softmaxes_run_in_float32(folder, prompt, dtype):
     softmaxes = {key: count for key, count in recorder.calls.items() if "softmax" in key[0]}
     assert softmaxes and {dtype_ for _, dtype_ in softmaxes} == {torch.float32}, softmaxes
     assert {dtype_ for name, dtype_ in recorder.calls if "layer_norm" in name} == {visual_dtype(dtype)}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, dict(local_injection="coarse", global_injection="coarse", local_adapt_key=True),
+     dict(local_injection="fine", global_injection="fine", local_clip_scale=True, global_clip_scale=True)],
+)
+def test_compressor_creates_its_tensors_on_the_features_device(variant):
+    """No tensor of the compressor's own (plans, position tables, masks, indices) stays on the CPU when the features
+    are elsewhere: on the meta device, which stands in for a GPU here, any CPU operand would raise."""
+    compressor = tiny_model(**variant).model.compressor.to("meta")
+    features = torch.empty(10, 5, 5, 64, device="meta")
+    per_token = variant.get("local_injection") == "fine"
+    instruct = torch.empty(*((8, 64) if per_token else (64,)), device="meta")
+    with torch.no_grad():
+        output = compressor(features, features, instruct, output_attentions=True)
+    assert {tensor.device.type for tensor in output} == {"meta"}
