@@ -60,7 +60,9 @@ def inject(weights, name, mode, guide, base_query, num_heads):
         return base_query
     if f"{name}.text2qk.linear_1.weight" in weights:
         guide = _mlp(weights, f"{name}.text2qk", guide)
-    guide = _adapter(weights, f"{name}.instruct_adapter", guide, lambda x: _mlp(weights, f"{name}.instruct_adapter.proj", x))
+    guide = _adapter(
+        weights, f"{name}.instruct_adapter", guide, lambda x: _mlp(weights, f"{name}.instruct_adapter.proj", x)
+    )
     if mode == "direct":
         return guide[None]
     if mode == "coarse":
