@@ -70,8 +70,8 @@ def compressor_inputs(config, frames: int, dtype):
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(frames, side, side, dim, generator=generator)
     embeds = torch.randn(frames, side, side, dim, generator=generator)
-    guide = torch.randn(config.instruct_config.projection_size, generator=generator)
-    return compressor.to(dtype), features.to(dtype), embeds.to(dtype), guide.to(dtype)
+    instruct = torch.randn(config.instruct_config.projection_size, generator=generator)
+    return compressor.to(dtype), features.to(dtype), embeds.to(dtype), instruct.to(dtype)
 
 
 # --- measurements ---------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def count_operator_calls(fn) -> dict:
     return {"total": sum(counter.calls.values()), "most_frequent": dict(counter.calls.most_common(8))}
 
 
-def level_calls(compressor, features, embeds, guide):
+def level_calls(compressor, features, embeds, instruct):
     """Each level alone on the whole clip, through its own `forward` (fresh states, as `HicomCompressor.forward`)."""
     from modeling_hicom.compressor_hicom import HicomCompressorState
 
@@ -108,8 +108,8 @@ def level_calls(compressor, features, embeds, guide):
         return state
 
     return (
-        lambda: compressor.local_level(features, embeds, guide, start().local_level),
-        lambda: compressor.global_level(features, guide, start().global_level),
+        lambda: compressor.local_level(features, embeds, instruct, start().local_level),
+        lambda: compressor.global_level(features, instruct, start().global_level),
     )
 
 
@@ -118,7 +118,7 @@ def time_compressor(s: dict, dtype_name: str, ablation: bool) -> dict:
 
     dtype = getattr(torch, dtype_name)
     compressor_config = hicom_config(s)
-    compressor, features, embeds, guide = compressor_inputs(compressor_config, s["frames"], dtype)
+    compressor, features, embeds, instruct = compressor_inputs(compressor_config, s["frames"], dtype)
     repeats = s["repeats"]
     result = {}
     with torch.no_grad():
@@ -126,17 +126,17 @@ def time_compressor(s: dict, dtype_name: str, ablation: bool) -> dict:
         def streamed():
             state = HicomCompressorState(tuple(features.shape[:3]))
             for f, e in zip(features.split(s["chunk"]), embeds.split(s["chunk"])):
-                output = compressor(f, e, guide, state=state)
+                output = compressor(f, e, instruct, state=state)
             return output
 
-        local_level, global_level = level_calls(compressor, features, embeds, guide)
-        result["total"] = C.time_call(lambda: compressor(features, embeds, guide), repeats)
+        local_level, global_level = level_calls(compressor, features, embeds, instruct)
+        result["total"] = C.time_call(lambda: compressor(features, embeds, instruct), repeats)
         result["local_level"] = C.time_call(local_level, repeats)
         result["global_level"] = C.time_call(global_level, repeats)
         result[f"streamed_in_chunks_of_{s['chunk']}"] = C.time_call(streamed, repeats)
         # After the timings' warm-up: the per-grid plan and position tables are cached, as for every later video.
         result["operator_calls"] = {
-            "whole_clip": count_operator_calls(lambda: compressor(features, embeds, guide)),
+            "whole_clip": count_operator_calls(lambda: compressor(features, embeds, instruct)),
             f"streamed_in_chunks_of_{s['chunk']}": count_operator_calls(streamed),
             "local_level": count_operator_calls(local_level),
             "global_level": count_operator_calls(global_level),
@@ -151,17 +151,17 @@ def time_compressor(s: dict, dtype_name: str, ablation: bool) -> dict:
             plain_repeats = max(1, repeats // 2)
             result["ablation"] = {
                 "local: python loop over windows": C.time_call(
-                    lambda: reference_local(config, weights, features, embeds, guide), plain_repeats
+                    lambda: reference_local(config, weights, features, embeds, instruct), plain_repeats
                 ),
                 "local: dense products per temporal cell (ours)": result["local_level"],
                 f"global: plain MHA, {config.num_global_queries} queries": C.time_call(
-                    lambda: reference_global(config, weights, features, guide), plain_repeats
+                    lambda: reference_global(config, weights, features, instruct), plain_repeats
                 ),
                 "global: reassociated, online softmax (ours)": result["global_level"],
             }
-            tokens = compressor(features, embeds, guide).tokens.float()
-            local = reference_local(config, weights, features, embeds, guide)[0].float()
-            global_ = reference_global(config, weights, features, guide)[0].float()
+            tokens = compressor(features, embeds, instruct).tokens.float()
+            local = reference_local(config, weights, features, embeds, instruct)[0].float()
+            global_ = reference_global(config, weights, features, instruct)[0].float()
             result["ablation_max_abs_difference"] = {
                 "local": (tokens[: local.shape[0]] - local).abs().max().item(),
                 "global": (tokens[local.shape[0] :] - global_).abs().max().item(),
@@ -213,10 +213,10 @@ def time_vision(s: dict, dtype_name: str) -> dict:
 def memory_worker(settings_: dict) -> dict:
     s, dtype_name = settings_["s"], settings_["dtype"]
     dtype = getattr(torch, dtype_name)
-    compressor, features, embeds, guide = compressor_inputs(hicom_config(s), s["frames"], dtype)
+    compressor, features, embeds, instruct = compressor_inputs(hicom_config(s), s["frames"], dtype)
     with torch.no_grad():
-        compressor(features, embeds, guide)  # warm-up: one-time allocations are not the compressor's working memory
-        tokens, extra, exact = C.measure_extra_memory(lambda: compressor(features, embeds, guide)[0])
+        compressor(features, embeds, instruct)  # warm-up: one-time allocations are not the compressor's working memory
+        tokens, extra, exact = C.measure_extra_memory(lambda: compressor(features, embeds, instruct)[0])
     element = features.element_size()
     return {
         "extra_peak_mb": extra,
@@ -306,8 +306,8 @@ def main():
         C.target(
             "ATen operator calls per compressor call (fp32, whole clip)", calls["whole_clip"]["total"], 300,
             calls["whole_clip"]["total"] <= 300,
-            f"streamed in {s['chunk']}-frame chunks: {streamed_calls}; bfloat16 whole clip: {bf16_calls} (half-precision "
-            "features are converted to float32 a block of rows at a time, to bound memory)",
+            f"streamed in {s['chunk']}-frame chunks: {streamed_calls}; bfloat16 whole clip: {bf16_calls} "
+            "(half-precision features are converted to float32 a block of rows at a time, to bound memory)",
         ),
     ]
     for dtype_name, entry in data["by_dtype"].items():

@@ -54,33 +54,33 @@ def attention(weights, name, queries, keys_values, num_heads, logit_scale=None, 
     return _linear(weights, f"{name}.out_proj", attended), probabilities
 
 
-def inject(weights, name, mode, guide, base_query, num_heads):
+def inject(weights, name, mode, instruct, base_query, num_heads):
     """One level's queries: off / direct / coarse (FiLM) / fine (cross-attention to every instruction row)."""
     if mode == "off":
         return base_query
     if f"{name}.text2qk.linear_1.weight" in weights:
-        guide = _mlp(weights, f"{name}.text2qk", guide)
-    guide = _adapter(
-        weights, f"{name}.instruct_adapter", guide, lambda x: _mlp(weights, f"{name}.instruct_adapter.proj", x)
+        instruct = _mlp(weights, f"{name}.text2qk", instruct)
+    instruct = _adapter(
+        weights, f"{name}.instruct_adapter", instruct, lambda x: _mlp(weights, f"{name}.instruct_adapter.proj", x)
     )
     if mode == "direct":
-        return guide[None]
+        return instruct[None]
     if mode == "coarse":
-        scale, shift = _mlp(weights, f"{name}.film", guide).chunk(2, dim=-1)
+        scale, shift = _mlp(weights, f"{name}.film", instruct).chunk(2, dim=-1)
         return _layer_norm(weights, f"{name}.norm", base_query * (1 + scale) + shift)
     flat = base_query.reshape(-1, base_query.shape[-1])
-    attended = attention(weights, f"{name}.attn", flat, guide, num_heads)[0]
+    attended = attention(weights, f"{name}.attn", flat, instruct, num_heads)[0]
     return _layer_norm(weights, f"{name}.norm", flat + attended).view_as(base_query)
 
 
-def reference_local(config, weights, features, embeds, guide):
+def reference_local(config, weights, features, embeds, instruct):
     """Local tokens `(T'*H'*W', C)` in (t, h, w) order, and the per-cell window weights."""
     name = "local_level"
     num_frames, height, width, dim = features.shape
     encodes_instruction = config.instruct_embedding != "none"
     keys = embeds if encodes_instruction else features
     if config.local_clip_scale and encodes_instruction:
-        keys, guide = _normalize(keys), _normalize(guide)
+        keys, instruct = _normalize(keys), _normalize(instruct)
     keys = _adapter(weights, f"{name}.key_adapter", keys, lambda x: _mlp(weights, f"{name}.key_adapter.proj", x))
     values = _adapter(
         weights, f"{name}.value_adapter", features, lambda x: _mlp(weights, f"{name}.value_adapter.proj", x)
@@ -97,7 +97,7 @@ def reference_local(config, weights, features, embeds, guide):
     base = _adapter(
         weights, f"{name}.query_adapter", base, lambda x: F.linear(x, weights[f"{name}.query_adapter.proj.weight"])
     )
-    query = inject(weights, f"{name}.injection", config.local_injection, guide, base, config.num_global_heads)
+    query = inject(weights, f"{name}.injection", config.local_injection, instruct, base, config.num_global_heads)
     pooled, cell_weights = [], []
     for i, ts in enumerate(t_starts):
         for j, hs in enumerate(h_starts):
@@ -117,7 +117,7 @@ def reference_local(config, weights, features, embeds, guide):
     return tokens, torch.stack(cell_weights).view(len(t_starts), len(h_starts), len(w_starts), -1)
 
 
-def reference_global(config, weights, features, guide):
+def reference_global(config, weights, features, instruct):
     """Global tokens `(num_global_queries, C)` and the attention weights `(heads, Q, T*H*W)`."""
     name = "global_level"
     num_frames, height, width, dim = features.shape
@@ -125,7 +125,8 @@ def reference_global(config, weights, features, guide):
     positions = sum(sincos_embedding_1d(n, dim)[g] for n, g in zip((num_frames, height, width), grid))
     keys_values = (features + positions).reshape(-1, dim)
     queries = inject(
-        weights, f"{name}.injection", config.global_injection, guide, weights[f"{name}.query"], config.num_global_heads
+        weights, f"{name}.injection", config.global_injection, instruct, weights[f"{name}.query"],
+        config.num_global_heads,
     )
     queries = queries.expand(config.num_global_queries, dim)
     scale = bias = None
@@ -137,16 +138,16 @@ def reference_global(config, weights, features, guide):
     return _mlp(weights, f"{name}.readout", queries + attended), probabilities
 
 
-def reference_compress(model, features, embeds, guide):
-    """The tokens `(N, C)` of one video, from `features`, `embeds` `(T, H, W, D)` and `guide` (pooled `(D,)`,
+def reference_compress(model, features, embeds, instruct):
+    """The tokens `(N, C)` of one video, from `features`, `embeds` `(T, H, W, D)` and `instruct` (pooled `(D,)`,
     per-token `(L, D)` or None): local tokens, then global tokens; float64 for a tight comparison."""
     config = model.config
     weights = {key: value.double() for key, value in model.model.compressor.state_dict().items()}
     features, embeds = features.double(), embeds.double()
-    guide = guide.double() if guide is not None else None
+    instruct = instruct.double() if instruct is not None else None
     tokens = []
     if config.use_local_level:
-        tokens.append(reference_local(config, weights, features, embeds, guide)[0])
+        tokens.append(reference_local(config, weights, features, embeds, instruct)[0])
     if config.num_global_queries:
-        tokens.append(reference_global(config, weights, features, guide)[0])
+        tokens.append(reference_global(config, weights, features, instruct)[0])
     return torch.cat(tokens).float()

@@ -3,9 +3,9 @@
 `get_video_features` compresses each chunk of frames as soon as the vision tower has encoded it (local cells per
 temporal window group, the global level by an online softmax), so the clip's features are never kept whole. These
 tests hold that streamed path to the whole-clip compressor (`encode_frames` + `HicomCompressor.forward`) and to the
-plain implementation of the formulas (`reference_compressor`), for every injection mode and CLIP-scale attention, at chunk sizes that split windows
-anywhere, including overlapping temporal windows (T=10, kt=4: frames 0-3, 3-6, 6-9) and batches whose chunks
-straddle videos.
+plain implementation of the formulas (`reference_compressor`), for every injection mode and CLIP-scale attention, at
+chunk sizes that split windows anywhere, including overlapping temporal windows (T=10, kt=4: frames 0-3, 3-6, 6-9)
+and batches whose chunks straddle videos.
 """
 
 import math
@@ -51,11 +51,11 @@ def instruct_embeddings(model, ids, mask):
 def whole_clip(model, pixels, num_frames, ids, mask, output_attentions=False):
     """The non-streamed path: every frame's features and patch embeddings kept, then each clip compressed at once."""
     features, embeds = model.model.encode_frames(pixels, vision_batch_size=pixels.shape[0])
-    guides = instruct_embeddings(model, ids, mask)
-    outputs = []
-    for video_features, video_embeds, guide in zip(features.split(num_frames), embeds.split(num_frames), guides):
-        outputs.append(model.model.compressor(video_features, video_embeds, guide, output_attentions=output_attentions))
-    return outputs
+    per_video = zip(features.split(num_frames), embeds.split(num_frames), instruct_embeddings(model, ids, mask))
+    return [
+        model.model.compressor(video_features, video_embeds, instruct, output_attentions=output_attentions)
+        for video_features, video_embeds, instruct in per_video
+    ]
 
 
 def assert_same(streamed, reference):
@@ -106,11 +106,11 @@ def test_stream_accepts_any_feeding(mode_model, feed):
     compressor = mode_model.model.compressor
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = instruct_embeddings(mode_model, ids, mask)[0]
-        reference = compressor(features, embeds, guide, output_attentions=True)
+        instruct = instruct_embeddings(mode_model, ids, mask)[0]
+        reference = compressor(features, embeds, instruct, output_attentions=True)
         state = HicomCompressorState(tuple(features.shape[:3]))
         outputs = [
-            compressor(piece_features, piece_embeds, guide, output_attentions=True, state=state)
+            compressor(piece_features, piece_embeds, instruct, output_attentions=True, state=state)
             for piece_features, piece_embeds in zip(features.split(feed), embeds.split(feed))
         ]
     assert all(output is None for output in outputs[:-1])
@@ -125,11 +125,11 @@ def test_stream_keeps_only_the_frames_pending_windows_need(model):
     frames, chunk = 41, 4
     pixels, _, ids, mask = random_inputs(model, [frames], seed=6)
     with torch.no_grad():
-        guide = model.model.encode_instructions(ids, mask)[0]
+        instruct = model.model.encode_instructions(ids, mask)[0]
         state = HicomCompressorState((frames, 5, 5))
         largest = 0
         for features, embeds in model.model.iter_encode_frames(pixels, chunk):
-            output = compressor(features, embeds, guide, state=state)
+            output = compressor(features, embeds, instruct, state=state)
             buffer = state.local_level.buffer
             largest = max(largest, buffer[0].shape[0] if buffer is not None else 0)
         tokens = output.tokens
@@ -230,8 +230,8 @@ def test_streamed_path_equals_literal_definition(mode_model, frames, chunk):
     pixels, num_frames, ids, mask = random_inputs(mode_model, [frames], seed=10 + frames)
     with torch.no_grad():
         features, embeds = mode_model.model.encode_frames(pixels)
-        guide = instruct_embeddings(mode_model, ids, mask)[0]
-        expected = reference_compress(mode_model, features, embeds, guide)
+        instruct = instruct_embeddings(mode_model, ids, mask)[0]
+        expected = reference_compress(mode_model, features, embeds, instruct)
         actual = mode_model.get_video_features(pixels, num_frames, ids, mask, vision_batch_size=chunk).pooler_output[0]
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=1e-5)
 
