@@ -367,8 +367,9 @@ class HicomLocalCompressor(nn.Module):
         """
         dim = features.shape[-1]
         keys = patch_embeds if self.keys_are_patch_embeds else features
-        if self.clip_scale and self.keys_are_patch_embeds and instruct_embeds is not None:
-            # SigLIP's similarity is between unit vectors: the reference normalizes E and g before anything else.
+        # SigLIP's similarity is between unit vectors: the reference normalizes E and g before anything else.
+        unit_vectors = self.clip_scale and self.keys_are_patch_embeds
+        if unit_vectors and instruct_embeds is not None:
             instruct_embeds = _l2_normalize(instruct_embeds)
         queries = self.cell_queries(features, instruct_embeds, plan, cells, state.buffer_start)
         bias = plan.bias.to(features.device)
@@ -377,7 +378,7 @@ class HicomLocalCompressor(nn.Module):
         for i, cell in enumerate(cells):
             start = plan.window_start[cell] - state.buffer_start
             window_keys = keys[start : start + plan.window_size]
-            if self.clip_scale and self.keys_are_patch_embeds:
+            if unit_vectors:
                 window_keys = _l2_normalize(window_keys)
             window_keys = self.key_adapter(window_keys).flatten(0, 2)
             window_values = self.value_adapter(features[start : start + plan.window_size]).flatten(0, 2)
@@ -520,7 +521,7 @@ class HicomGlobalAttention(nn.Module):
 
     def accumulate(self, block: torch.Tensor, state: GlobalAttentionState) -> None:
         """Add frames `block (n, H, W, D)`: their scores, and the sums `attended` needs, against a running peak."""
-        first, (count, height, width, dim) = state.frames_seen, block.shape
+        first, (count, height, width) = state.frames_seen, block.shape[:3]
         state.frames_seen += count
         rows = block.flatten(0, 2)
         if self.clip_scale:
